@@ -1,0 +1,1 @@
+//! MVCC: to be written.
