@@ -8,9 +8,14 @@
 use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
+
 use std::sync::Arc;
 
 use parking_lot::{Mutex, MutexGuard, RwLock};
+
+pub mod disk;
+
+pub use disk::{DirDisk, Disk, DiskFile, SimDisk};
 
 /// Errors of the page store. `Corruption` names the file and byte offset that failed a check.
 #[derive(Debug, thiserror::Error)]
@@ -76,18 +81,23 @@ pub struct PageStore {
 
 struct Inner {
     #[allow(dead_code)]
-    dir: PathBuf,
+    disk: Arc<dyn Disk>,
     committed: RwLock<Committed>,
     writer: Mutex<()>,
 }
 
 impl PageStore {
     /// Opens (creating if absent) the store in `dir`, recovering the latest durable root.
-    pub fn open(dir: impl AsRef<Path>, _config: PageStoreConfig) -> Result<PageStore> {
-        std::fs::create_dir_all(dir.as_ref())?;
+    pub fn open(dir: impl AsRef<Path>, config: PageStoreConfig) -> Result<PageStore> {
+        let disk = DirDisk::new(dir.as_ref())?;
+        PageStore::open_on(Arc::new(disk), config)
+    }
+
+    /// Opens the store on any `Disk`; crash tests pass a `SimDisk` or its `crash_image`.
+    pub fn open_on(disk: Arc<dyn Disk>, _config: PageStoreConfig) -> Result<PageStore> {
         Ok(PageStore {
             inner: Arc::new(Inner {
-                dir: dir.as_ref().to_path_buf(),
+                disk,
                 committed: RwLock::new(Committed {
                     map: Arc::new(Map::new()),
                     consistent_index: 0,
