@@ -12,6 +12,7 @@ use ringkv::config::{self, ConfigError, Invocation, LogLevel, API_VERSION};
 const EXIT_SERVER_NOT_BUILT: u8 = 69;
 
 fn main() -> ExitCode {
+    ignore_empty_etcd_env();
     let cores = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
     match config::parse_args(std::env::args_os(), cores) {
         Ok(Invocation::PrintVersion) => {
@@ -50,6 +51,20 @@ fn main() -> ExitCode {
             eprintln!("ringkv: failed to verify flags: {error}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// etcd skips `ETCD_*` variables whose value is empty; clap would read them as an empty value
+/// and reject it. Runs first in `main`, before any other thread exists.
+fn ignore_empty_etcd_env() {
+    let empty: Vec<_> = std::env::vars_os()
+        .filter(|(name, value)| {
+            value.is_empty() && name.to_str().is_some_and(|name| name.starts_with("ETCD_"))
+        })
+        .map(|(name, _)| name)
+        .collect();
+    for name in empty {
+        std::env::remove_var(name);
     }
 }
 

@@ -182,14 +182,42 @@ fn etcd_name_env_twin_sets_name_and_data_dir() {
     );
 }
 
+/// etcd refuses a setting given twice (flag and variable) instead of picking one silently.
 #[test]
-fn flag_wins_over_env_twin() {
+fn flag_and_env_twin_together_are_refused() {
+    let output = ringkv(&["--snapshot-count", "5"], &[("ETCD_SNAPSHOT_COUNT", "7")]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(stderr(&output).contains(
+        "conflicting environment variable \"ETCD_SNAPSHOT_COUNT\" is shadowed by corresponding \
+         command-line flag (either unset environment variable or disable flag)"
+    ));
+}
+
+#[test]
+fn empty_and_unknown_env_variables() {
+    // etcd ignores empty variables.
     let output = ringkv(
-        &["--print-config", "--snapshot-count", "5"],
-        &[("ETCD_SNAPSHOT_COUNT", "7")],
+        &["--print-config"],
+        &[("ETCD_NAME", ""), ("ETCD_WAL_DIR", "/wal")],
     );
     assert!(output.status.success(), "{}", stderr(&output));
-    assert!(stdout(&output).contains("snapshot-count: 5\n"));
+    assert!(stdout(&output).contains("name: default\n"));
+    assert!(stderr(&output).contains("ETCD_WAL_DIR is not a ringkv setting and is ignored"));
+}
+
+/// Go's flag package accepts `-name`; etcd's older docs use it.
+#[test]
+fn single_dash_long_flags_work_like_etcd() {
+    let output = ringkv(
+        &["-print-config", "-name", "infra0", "-snapshot-count=9"],
+        &[],
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    let config = stdout(&output);
+    assert!(
+        config.contains("name: infra0\n") && config.contains("snapshot-count: 9\n"),
+        "{config}"
+    );
 }
 
 #[test]

@@ -206,7 +206,9 @@ where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
-    let matches = Flags::command().try_get_matches_from(args)?;
+    let command = Flags::command();
+    let args = single_dash_to_double(&command, args.into_iter().map(Into::into));
+    let matches = command.try_get_matches_from(args)?;
     let flags = Flags::from_arg_matches(&matches)?;
     if flags.version {
         return Ok(Invocation::PrintVersion);
@@ -230,6 +232,8 @@ where
         }
         Raw::from_file(file, &path)
     } else {
+        check_env_shadowing(&matches)?;
+        notices.extend(unrecognized_env());
         Raw::from_flags(flags, &matches)
     };
     let config = resolve(raw, cores)?;
@@ -245,6 +249,68 @@ where
         print_config,
         notices,
     })
+}
+
+/// Go's flag package, and so etcd, accepts `-name` as well as `--name`; clap reads `-name` as
+/// short flags. Rewrites a single-dash long flag name to double-dash, up to a `--` terminator.
+fn single_dash_to_double(
+    command: &clap::Command,
+    args: impl Iterator<Item = OsString>,
+) -> Vec<OsString> {
+    let mut terminated = false;
+    args.map(|arg| {
+        let Some(text) = arg.to_str() else { return arg };
+        terminated |= text == "--";
+        let Some(flag) = text.strip_prefix('-').filter(|rest| !rest.starts_with('-')) else {
+            return arg;
+        };
+        let name = flag.split_once('=').map_or(flag, |(name, _)| name);
+        let is_long = command.get_arguments().any(|a| a.get_long() == Some(name));
+        if terminated || !is_long {
+            return arg;
+        }
+        OsString::from(format!("-{text}"))
+    })
+    .collect()
+}
+
+/// etcd refuses to start when a setting is given both as a flag and as its ETCD_* variable,
+/// rather than silently preferring one.
+fn check_env_shadowing(matches: &clap::ArgMatches) -> Result<(), ConfigError> {
+    let command = Flags::command();
+    for id in flags::SETTING_IDS.iter().copied().chain(["config_file"]) {
+        if matches.value_source(id) != Some(ValueSource::CommandLine) {
+            continue;
+        }
+        let var = env_name(&command, id);
+        if std::env::var_os(&var).is_some_and(|value| !value.is_empty()) {
+            return Err(ConfigError::Verify(format!(
+                "conflicting environment variable {var:?} is shadowed by corresponding \
+                 command-line flag (either unset environment variable or disable flag)"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// ETCD_* variables that match no ringkv setting (etcd warns about these too). Only names are
+/// reported: values may hold secrets.
+fn unrecognized_env() -> Vec<String> {
+    let command = Flags::command();
+    let known: Vec<OsString> = command
+        .get_arguments()
+        .filter_map(|arg| arg.get_env().map(ToOwned::to_owned))
+        .collect();
+    std::env::vars_os()
+        .filter(|(name, _)| name.to_str().is_some_and(|name| name.starts_with("ETCD_")))
+        .filter(|(name, _)| !known.contains(name))
+        .map(|(name, _)| {
+            format!(
+                "environment variable {} is not a ringkv setting and is ignored",
+                name.to_string_lossy()
+            )
+        })
+        .collect()
 }
 
 /// Settings given on the command line or in the environment, named as the operator gave them.

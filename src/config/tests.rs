@@ -293,3 +293,17 @@ fn tuning_profile_by_name_and_path() {
         ProfileSource::File(PathBuf::from(path))
     );
 }
+
+#[test]
+fn single_dash_long_flags_are_accepted() {
+    let config = config(&[
+        "-name",
+        "infra0",
+        "-snapshot-count=3",
+        "--quota-backend-bytes",
+        "-0",
+    ]);
+    assert_eq!((config.name.as_str(), config.snapshot_count), ("infra0", 3));
+    // Values that merely start with a dash are left alone.
+    assert!(error(&["--quota-backend-bytes", "-5"]).contains("must not be negative"));
+}
