@@ -52,35 +52,35 @@ pub mod defaults {
     max_term_width = 100
 )]
 pub struct Flags {
-    /// Human-readable name for this member.
+    /// This member's name; must appear in --initial-cluster.
     #[arg(long, env = "ETCD_NAME", default_value = defaults::NAME, value_name = "NAME")]
     pub name: String,
 
-    /// Path to the data directory [default: ${name}.etcd].
+    /// Directory for the WAL, snapshots and page store [default: ${name}.etcd].
     #[arg(long, env = "ETCD_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<String>,
 
-    /// List of URLs to listen on for client traffic.
+    /// Comma-separated URLs to accept client (gRPC) connections on.
     #[arg(long, env = "ETCD_LISTEN_CLIENT_URLS", default_value = defaults::LISTEN_CLIENT_URLS, value_name = "URLS")]
     pub listen_client_urls: String,
 
-    /// List of this member's client URLs to advertise to the public.
+    /// Comma-separated client URLs this member tells clients and peers to use.
     #[arg(long, env = "ETCD_ADVERTISE_CLIENT_URLS", default_value = defaults::ADVERTISE_CLIENT_URLS, value_name = "URLS")]
     pub advertise_client_urls: String,
 
-    /// List of URLs to listen on for peer traffic.
+    /// Comma-separated URLs to accept raft traffic from other members on.
     #[arg(long, env = "ETCD_LISTEN_PEER_URLS", default_value = defaults::LISTEN_PEER_URLS, value_name = "URLS")]
     pub listen_peer_urls: String,
 
-    /// List of this member's peer URLs to advertise to the rest of the cluster.
+    /// Comma-separated peer URLs this member tells the other members to use.
     #[arg(long, env = "ETCD_INITIAL_ADVERTISE_PEER_URLS", default_value = defaults::INITIAL_ADVERTISE_PEER_URLS, value_name = "URLS")]
     pub initial_advertise_peer_urls: String,
 
-    /// Initial cluster configuration for bootstrapping, as name=peer-url pairs.
+    /// Bootstrap membership as name=peer-url pairs (a name may repeat for several URLs).
     #[arg(long, env = "ETCD_INITIAL_CLUSTER", default_value = defaults::INITIAL_CLUSTER, value_name = "NAME=URL,...")]
     pub initial_cluster: String,
 
-    /// Initial cluster state: new (bootstrap) or existing (join a running cluster).
+    /// new: bootstrap a cluster; existing: join one that is already running.
     #[arg(
         long,
         env = "ETCD_INITIAL_CLUSTER_STATE",
@@ -90,23 +90,23 @@ pub struct Flags {
     )]
     pub initial_cluster_state: ClusterState,
 
-    /// Initial cluster token for the cluster during bootstrap.
+    /// Token that keeps separately bootstrapped clusters from mistaking each other's members.
     #[arg(long, env = "ETCD_INITIAL_CLUSTER_TOKEN", default_value = defaults::INITIAL_CLUSTER_TOKEN, value_name = "TOKEN")]
     pub initial_cluster_token: String,
 
-    /// Number of committed transactions to trigger a snapshot to disk.
+    /// Applied entries between raft snapshots.
     #[arg(long, env = "ETCD_SNAPSHOT_COUNT", default_value_t = defaults::SNAPSHOT_COUNT, value_name = "N")]
     pub snapshot_count: u64,
 
-    /// Time (in milliseconds) of a heartbeat interval.
+    /// Leader heartbeat period, in milliseconds.
     #[arg(long, env = "ETCD_HEARTBEAT_INTERVAL", default_value_t = defaults::HEARTBEAT_INTERVAL_MS, value_name = "MS")]
     pub heartbeat_interval: u64,
 
-    /// Time (in milliseconds) for an election to timeout.
+    /// Milliseconds without a heartbeat before a follower starts an election (>= 5 heartbeats).
     #[arg(long, env = "ETCD_ELECTION_TIMEOUT", default_value_t = defaults::ELECTION_TIMEOUT_MS, value_name = "MS")]
     pub election_timeout: u64,
 
-    /// Raise alarms when backend size exceeds the given quota (0 defaults to 2 GiB).
+    /// Backend size in bytes at which the NOSPACE alarm stops writes (0 means 2 GiB).
     #[arg(
         long,
         env = "ETCD_QUOTA_BACKEND_BYTES",
@@ -116,15 +116,15 @@ pub struct Flags {
     )]
     pub quota_backend_bytes: i64,
 
-    /// Maximum client request size in bytes the server will accept.
+    /// Largest client request accepted, in bytes.
     #[arg(long, env = "ETCD_MAX_REQUEST_BYTES", default_value_t = defaults::MAX_REQUEST_BYTES, value_name = "BYTES")]
     pub max_request_bytes: u64,
 
-    /// Maximum number of operations permitted in a transaction.
+    /// Largest number of operations in one Txn.
     #[arg(long, env = "ETCD_MAX_TXN_OPS", default_value_t = defaults::MAX_TXN_OPS, value_name = "N")]
     pub max_txn_ops: u64,
 
-    /// Interpret --auto-compaction-retention as hours/durations (periodic) or revisions (revision).
+    /// periodic: retention is hours or a duration (30m); revision: retention is a revision count.
     #[arg(
         long,
         env = "ETCD_AUTO_COMPACTION_MODE",
@@ -134,11 +134,11 @@ pub struct Flags {
     )]
     pub auto_compaction_mode: CompactionMode,
 
-    /// Auto compaction retention for the mvcc key value store; 0 means disable auto compaction.
+    /// History kept before automatic compaction; 0 turns automatic compaction off.
     #[arg(long, env = "ETCD_AUTO_COMPACTION_RETENTION", default_value = defaults::AUTO_COMPACTION_RETENTION, value_name = "RETENTION")]
     pub auto_compaction_retention: String,
 
-    /// Configures log level.
+    /// Logging threshold.
     #[arg(
         long,
         env = "ETCD_LOG_LEVEL",
@@ -148,8 +148,8 @@ pub struct Flags {
     )]
     pub log_level: LogLevel,
 
-    /// Path to the server configuration file (YAML, etcd's keys). Other flags and ETCD_*
-    /// variables are ignored when it is given.
+    /// YAML file with etcd's keys (name, data-dir, ...); when given, it is the whole
+    /// configuration and other flags and ETCD_* variables are ignored.
     #[arg(long, env = "ETCD_CONFIG_FILE", value_name = "PATH")]
     pub config_file: Option<PathBuf>,
 

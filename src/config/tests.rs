@@ -6,7 +6,17 @@ use super::*;
 
 const CORES: usize = 2;
 
+/// clap reads the real process environment; an ETCD_* variable from the developer's shell
+/// would change every expectation here, so say so instead of failing obscurely.
 fn run(args: &[&str]) -> Result<(Config, Vec<String>), ConfigError> {
+    let leaked: Vec<String> = std::env::vars()
+        .map(|(name, _)| name)
+        .filter(|name| name.starts_with("ETCD_"))
+        .collect();
+    assert!(
+        leaked.is_empty(),
+        "unset {leaked:?} to run the config tests"
+    );
     let argv = std::iter::once("ringkv").chain(args.iter().copied());
     match parse_args(argv, CORES)? {
         Invocation::Run {
