@@ -2,6 +2,7 @@
 //! (disk), `mvcc` (etcd's revisioned key space on the page store). A lower layer never imports an
 //! upper one.
 
+pub mod config;
 pub mod mvcc;
 pub mod page_store;
 pub mod wal;

@@ -1,6 +1,80 @@
-//! The `ringkv` binary. The server arrives with the server issue; until then this only reports
-//! its version.
+//! The `ringkv` binary. For now it parses and checks the configuration exactly as the server
+//! will (etcd's flags, `ETCD_*` variables, `--config-file`, `--tuning-profile`) and then stops:
+//! the server itself is not wired in yet, and the binary says so rather than pretending to serve.
 
-fn main() {
-    println!("ringkv {} (etcd API 3.5)", env!("CARGO_PKG_VERSION"));
+use std::num::NonZeroUsize;
+use std::process::ExitCode;
+
+use ringkv::config::{self, ConfigError, Invocation, LogLevel, API_VERSION};
+
+/// Exit status for "configuration valid, but there is no server to run yet": sysexits'
+/// EX_UNAVAILABLE, so a supervisor never mistakes this for a clean shutdown or a bad flag.
+const EXIT_SERVER_NOT_BUILT: u8 = 69;
+
+fn main() -> ExitCode {
+    ignore_empty_etcd_env();
+    let cores = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
+    match config::parse_args(std::env::args_os(), cores) {
+        Ok(Invocation::PrintVersion) => {
+            print_version();
+            ExitCode::SUCCESS
+        }
+        Ok(Invocation::Run {
+            config,
+            print_config,
+            notices,
+        }) => {
+            for notice in &notices {
+                eprintln!("ringkv: warning: {notice}");
+            }
+            if print_config {
+                print!("{config}");
+                return ExitCode::SUCCESS;
+            }
+            if config.log_level <= LogLevel::Debug {
+                eprintln!("ringkv: debug: resolved configuration:\n{config}");
+                eprintln!(
+                    "ringkv: debug: tuning profile {}: {:#?}",
+                    config.tuning_source, config.tuning
+                );
+            }
+            eprintln!(
+                "ringkv: configuration for member {:?} (data dir {}) is valid, but the server is not built yet; exiting without serving",
+                config.name,
+                config.data_dir.display()
+            );
+            ExitCode::from(EXIT_SERVER_NOT_BUILT)
+        }
+        // clap prints usage errors itself (exit 2) and --help (exit 0).
+        Err(ConfigError::Cli(error)) => error.exit(),
+        Err(error) => {
+            eprintln!("ringkv: failed to verify flags: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// etcd skips `ETCD_*` variables whose value is empty; clap would read them as an empty value
+/// and reject it. Runs first in `main`, before any other thread exists.
+fn ignore_empty_etcd_env() {
+    let empty: Vec<_> = std::env::vars_os()
+        .filter(|(name, value)| {
+            value.is_empty() && name.to_str().is_some_and(|name| name.starts_with("ETCD_"))
+        })
+        .map(|(name, _)| name)
+        .collect();
+    for name in empty {
+        std::env::remove_var(name);
+    }
+}
+
+/// Laid out like `etcd --version`.
+fn print_version() {
+    println!("ringkv Version: {}", env!("CARGO_PKG_VERSION"));
+    println!("API Version: {API_VERSION}");
+    println!(
+        "OS/Arch: {}/{}",
+        std::env::consts::OS,
+        std::env::consts::ARCH
+    );
 }
