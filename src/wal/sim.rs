@@ -42,6 +42,60 @@ struct State {
     /// Set by `crash`: every later operation fails, like a process that no longer exists.
     crashed: bool,
     fdatasyncs: u64,
+    /// Operations left until an armed crash, and its seed.
+    armed_crash: Option<(u64, u64)>,
+    crashed_image: Option<Arc<Mutex<State>>>,
+}
+
+/// Marks `old` crashed and returns what survives of it: synced data, plus each unsynced write
+/// either lost, persisted whole, or torn (a random subset of its sectors); synced directory
+/// state plus a random prefix of the unsynced directory operations.
+fn crash_image(old: &mut State, seed: u64) -> State {
+    let mut rng = SplitMix64(seed);
+    old.crashed = true;
+    let mut names = old.durable_names.clone();
+    let kept_ops = rng.below(old.unsynced_ops.len() as u64 + 1) as usize;
+    for op in &old.unsynced_ops[..kept_ops] {
+        match op {
+            DirOp::Link(path, ino) => {
+                names.insert(path.clone(), *ino);
+            }
+            DirOp::Unlink(path) => {
+                names.remove(path);
+            }
+        }
+    }
+    let inodes = old
+        .inodes
+        .iter()
+        .map(|inode| {
+            let mut data = inode.durable.clone();
+            for (offset, bytes) in &inode.unsynced {
+                match rng.below(3) {
+                    0 => {}
+                    1 => apply_write(&mut data, *offset, bytes),
+                    _ => {
+                        for (i, sector) in bytes.chunks(SECTOR_BYTES).enumerate() {
+                            if rng.below(2) == 0 {
+                                apply_write(&mut data, *offset + (i * SECTOR_BYTES) as u64, sector);
+                            }
+                        }
+                    }
+                }
+            }
+            Inode {
+                durable: data.clone(),
+                volatile: data,
+                unsynced: Vec::new(),
+            }
+        })
+        .collect();
+    State {
+        inodes,
+        names: names.clone(),
+        durable_names: names,
+        ..State::default()
+    }
 }
 
 /// An in-memory disk shared by clones. See the module doc for its crash model.
@@ -104,61 +158,27 @@ impl SimDisk {
     /// prefix of the unsynced directory operations.
     #[must_use = "the crashed image is the returned disk"]
     pub fn crash(&self, seed: u64) -> SimDisk {
-        let mut rng = SplitMix64(seed);
-        let mut old = self.state.lock();
-        old.crashed = true;
-        let mut names = old.durable_names.clone();
-        let kept_ops = rng.below(old.unsynced_ops.len() as u64 + 1) as usize;
-        for op in &old.unsynced_ops[..kept_ops] {
-            match op {
-                DirOp::Link(path, ino) => {
-                    names.insert(path.clone(), *ino);
-                }
-                DirOp::Unlink(path) => {
-                    names.remove(path);
-                }
-            }
-        }
-        let inodes = old
-            .inodes
-            .iter()
-            .map(|inode| {
-                let mut data = inode.durable.clone();
-                for (offset, bytes) in &inode.unsynced {
-                    match rng.below(3) {
-                        0 => {}
-                        1 => apply_write(&mut data, *offset, bytes),
-                        _ => {
-                            for (i, sector) in bytes.chunks(SECTOR_BYTES).enumerate() {
-                                if rng.below(2) == 0 {
-                                    apply_write(
-                                        &mut data,
-                                        *offset + (i * SECTOR_BYTES) as u64,
-                                        sector,
-                                    );
-                                }
-                            }
-                        }
-                    }
-                }
-                Inode {
-                    durable: data.clone(),
-                    volatile: data,
-                    unsynced: Vec::new(),
-                }
-            })
-            .collect();
-        let state = State {
-            inodes,
-            names: names.clone(),
-            durable_names: names,
-            unsynced_ops: Vec::new(),
-            crashed: false,
-            fdatasyncs: 0,
-        };
+        let mut state = self.state.lock();
+        let image = crash_image(&mut state, seed);
         SimDisk {
-            state: Arc::new(Mutex::new(state)),
+            state: Arc::new(Mutex::new(image)),
         }
+    }
+
+    /// Arms a crash: the `ops`-th operation from now (1 = the next one) fails, and so does every
+    /// later one, as if power was lost just before it; [`SimDisk::crashed_image`] then returns
+    /// what survived (as [`SimDisk::crash`] with `seed`).
+    pub fn crash_at_op(&self, ops: u64, seed: u64) {
+        assert!(ops > 0);
+        self.state.lock().armed_crash = Some((ops, seed));
+    }
+
+    /// The disk as it survived an armed crash, once that crash has happened.
+    pub fn crashed_image(&self) -> Option<SimDisk> {
+        let state = self.state.lock();
+        state.crashed_image.as_ref().map(|image| SimDisk {
+            state: image.clone(),
+        })
     }
 
     /// The visible contents of `path` (for assertions and for damaging files in tests).
@@ -183,6 +203,15 @@ impl SimDisk {
 
     fn with<T>(&self, f: impl FnOnce(&mut State) -> io::Result<T>) -> io::Result<T> {
         let mut state = self.state.lock();
+        if let Some((ops, seed)) = state.armed_crash {
+            if ops == 1 {
+                state.armed_crash = None;
+                let image = crash_image(&mut state, seed);
+                state.crashed_image = Some(Arc::new(Mutex::new(image)));
+            } else {
+                state.armed_crash = Some((ops - 1, seed));
+            }
+        }
         if state.crashed {
             return Err(crashed());
         }
