@@ -11,7 +11,11 @@ use ringkv::wal::{format, Record, Wal, WalConfig, WalError};
 const BLOCK: u64 = format::BLOCK_BYTES as u64;
 
 fn entry(index: u64) -> Record {
-    Record::Entry { index, term: 1, data: vec![index as u8; 100] }
+    Record::Entry {
+        index,
+        term: 1,
+        data: vec![index as u8; 100],
+    }
 }
 
 /// A log of `n` single-entry batches in segment 0: entry `i` is the batch at block `i`.
@@ -40,7 +44,10 @@ fn read(file: &Path, offset: u64, len: usize) -> Vec<u8> {
 fn indexes(dir: &Path) -> (Vec<u64>, Option<(PathBuf, u64)>) {
     let (wal, recovered) = Wal::open(dir, WalConfig::small()).unwrap();
     wal.close().unwrap();
-    (recovered.entries.iter().map(|e| e.index).collect(), recovered.repaired_tail)
+    (
+        recovered.entries.iter().map(|e| e.index).collect(),
+        recovered.repaired_tail,
+    )
 }
 
 /// The last batch was half written when the power went: its header and first sector are there,
@@ -54,9 +61,21 @@ fn torn_tail_is_truncated_and_appends_continue() {
     patch(&segment, 8 * BLOCK + 100, &[0x5a; 60]);
 
     let (wal, recovered) = Wal::open(&dir, WalConfig::small()).unwrap();
-    assert_eq!(recovered.entries.iter().map(|e| e.index).collect::<Vec<_>>(), (1..=7).collect::<Vec<_>>());
+    assert_eq!(
+        recovered
+            .entries
+            .iter()
+            .map(|e| e.index)
+            .collect::<Vec<_>>(),
+        (1..=7).collect::<Vec<_>>()
+    );
     assert_eq!(recovered.repaired_tail, Some((segment.clone(), 8 * BLOCK)));
-    assert!(read(&segment, 8 * BLOCK, BLOCK as usize).iter().all(|&b| b == 0), "torn batch zeroed");
+    assert!(
+        read(&segment, 8 * BLOCK, BLOCK as usize)
+            .iter()
+            .all(|&b| b == 0),
+        "torn batch zeroed"
+    );
     block_on(wal.append(vec![entry(8), entry(9)])).unwrap();
     wal.close().unwrap();
 
@@ -85,7 +104,14 @@ fn zero_filled_tail_is_the_end_of_the_log() {
     patch(&segment, 6 * BLOCK, &vec![0; BLOCK as usize]);
 
     let (wal, recovered) = Wal::open(&dir, WalConfig::small()).unwrap();
-    assert_eq!(recovered.entries.iter().map(|e| e.index).collect::<Vec<_>>(), (1..=5).collect::<Vec<_>>());
+    assert_eq!(
+        recovered
+            .entries
+            .iter()
+            .map(|e| e.index)
+            .collect::<Vec<_>>(),
+        (1..=5).collect::<Vec<_>>()
+    );
     assert_eq!(recovered.repaired_tail, None);
     block_on(wal.append(vec![entry(6)])).unwrap();
     wal.close().unwrap();
@@ -114,9 +140,16 @@ fn flipped_bit_in_the_middle_is_corruption() {
         other => panic!("expected corruption, got {other:?}"),
     }
     let message = err.to_string();
-    assert!(message.contains("0000000000000000-0000000000000000.wal") && message.contains(&frame_offset.to_string()), "{message}");
+    assert!(
+        message.contains("0000000000000000-0000000000000000.wal")
+            && message.contains(&frame_offset.to_string()),
+        "{message}"
+    );
     // Refusing must not have modified anything: still refused.
-    assert!(matches!(Wal::open(&dir, WalConfig::small()), Err(WalError::Corruption { .. })));
+    assert!(matches!(
+        Wal::open(&dir, WalConfig::small()),
+        Err(WalError::Corruption { .. })
+    ));
 }
 
 /// A destroyed batch header in a segment that is not the newest is corruption even though only
@@ -151,7 +184,9 @@ fn damaged_segment_header_is_corruption() {
     let segment = write_log(&dir, 2);
     patch(&segment, 20, &[0x01]);
     match Wal::open(&dir, WalConfig::small()) {
-        Err(WalError::Corruption { file, offset: 0, .. }) => assert_eq!(file, segment),
+        Err(WalError::Corruption {
+            file, offset: 0, ..
+        }) => assert_eq!(file, segment),
         other => panic!("expected corruption, got {other:?}"),
     }
 }
