@@ -30,7 +30,7 @@ fn segment_names(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .filter(|n| n.ends_with(".wal"))
+        .filter(|n| format::parse_segment_file_name(n).is_some())
         .collect();
     names.sort();
     names

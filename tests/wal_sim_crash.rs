@@ -217,19 +217,16 @@ fn run_seed(seed: u64, coverage: &mut Coverage) {
         );
         acked = first_failure;
         wal.close().unwrap();
-        disk = match disk.crashed_image() {
-            Some(image) => {
-                coverage.crashes_mid_workload += 1;
-                image
-            }
-            None => {
-                assert_eq!(
-                    acked,
-                    pending.len(),
-                    "seed {seed} cycle {cycle}: failures without a crash"
-                );
-                disk.crash(rng.gen())
-            }
+        disk = if let Some(image) = disk.crashed_image() {
+            coverage.crashes_mid_workload += 1;
+            image
+        } else {
+            assert_eq!(
+                acked,
+                pending.len(),
+                "seed {seed} cycle {cycle}: failures without a crash"
+            );
+            disk.crash(rng.gen())
         };
     }
 }
