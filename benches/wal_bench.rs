@@ -35,11 +35,11 @@ fn parse_args() -> Args {
         match arg.as_str() {
             "--duration-ms" => {
                 args.duration =
-                    Duration::from_millis(it.next().expect("value").parse().expect("ms"))
+                    Duration::from_millis(it.next().expect("value").parse().expect("ms"));
             }
             "--dir" => args.dir = Some(PathBuf::from(it.next().expect("value"))),
             "--record-bytes" => {
-                args.record_bytes = it.next().expect("value").parse().expect("bytes")
+                args.record_bytes = it.next().expect("value").parse().expect("bytes");
             }
             // `cargo bench` passes `--bench`; anything else unknown is ignored the same way.
             _ => {}
