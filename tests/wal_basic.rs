@@ -393,3 +393,43 @@ fn closed_wal_refuses_submissions() {
         Err(WalError::Closed)
     ));
 }
+
+/// The server places the writer itself: recover on its executor, spawn `run`, submit from that
+/// executor and from another thread.
+#[test]
+fn writer_runs_on_a_caller_provided_executor() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = wal_dir(&tmp);
+    let executor =
+        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound).io_memory(1 << 20);
+    let dir_in = dir.clone();
+    let handle = executor
+        .spawn(move || async move {
+            let (wal, recovered, writer) =
+                Wal::recover(ringkv::wal::disk::GlommioDisk, &dir_in, WalConfig::small())
+                    .await
+                    .unwrap();
+            assert!(recovered.entries.is_empty());
+            glommio::spawn_local(writer.run()).detach();
+            wal.append(vec![entry(1, 1)]).await.unwrap();
+            let other = wal.clone();
+            let from_thread = std::thread::spawn(move || block_on(other.append(vec![entry(2, 1)])));
+            // The thread blocks on a future this executor's writer resolves; yield until it is done.
+            while !from_thread.is_finished() {
+                glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+            }
+            from_thread.join().unwrap().unwrap();
+            wal.append(vec![entry(3, 1)]).await.unwrap();
+            wal.shutdown().await.unwrap();
+            assert!(matches!(
+                wal.append(vec![entry(4, 1)]).await,
+                Err(WalError::Closed)
+            ));
+        })
+        .unwrap();
+    handle.join().unwrap();
+
+    let (wal, recovered) = Wal::open(&dir, WalConfig::small()).unwrap();
+    assert_eq!(indexes_terms(&recovered.entries), [(1, 1), (2, 1), (3, 1)]);
+    wal.close().unwrap();
+}

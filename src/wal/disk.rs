@@ -37,6 +37,8 @@ pub trait DiskFile: 'static {
     async fn read_at(&self, offset: u64, len_bytes: usize) -> io::Result<Vec<u8>>;
     async fn fdatasync(&self) -> io::Result<()>;
     async fn len_bytes(&self) -> io::Result<u64>;
+    /// Closes the file (dropping it also closes it, later).
+    async fn close(self) -> io::Result<()>;
 }
 
 /// The real disk: glommio `DmaFile`s (O_DIRECT through io_uring). Must be used on a glommio
@@ -139,5 +141,9 @@ impl DiskFile for glommio::io::DmaFile {
 
     async fn len_bytes(&self) -> io::Result<u64> {
         Ok(self.file_size().await?)
+    }
+
+    async fn close(self) -> io::Result<()> {
+        Ok(glommio::io::DmaFile::close(self).await?)
     }
 }

@@ -210,7 +210,7 @@ impl<D: Disk> WalWriter<D> {
             let mut max_entry_index = None;
             for (offset, record) in scan.records {
                 if let Record::Entry { index, .. } = &record {
-                    max_entry_index = Some(*index);
+                    max_entry_index = Some(max_entry_index.map_or(*index, |m: u64| m.max(*index)));
                 }
                 replay.apply(path, offset, record)?;
             }
@@ -233,6 +233,8 @@ impl<D: Disk> WalWriter<D> {
                     scan.header.segment_bytes.min(image_len),
                     scan.next_batch_seq,
                 ));
+            } else {
+                file.close().await?;
             }
         }
 
@@ -284,10 +286,11 @@ impl<D: Disk> WalWriter<D> {
 
     /// Serves submissions until `Shutdown` or until every handle is dropped.
     pub async fn run(mut self) {
+        let mut shutdown = None;
         while let Some(command) = self.next_command().await {
             match command {
                 Command::Shutdown { done } => {
-                    let _ = done.send(());
+                    shutdown = Some(done);
                     break;
                 }
                 Command::Release { index, done } => {
@@ -301,10 +304,16 @@ impl<D: Disk> WalWriter<D> {
                 }
             }
         }
+        // Every batch was synced before its submitters heard of it: closing flushes nothing,
+        // it only releases the files. The spare is left for the next open to remove.
         if let Some(spare) = self.spare.take() {
-            // Let the preallocation finish so no half-created file is left behind; the next
-            // open removes the spare either way.
-            let _ = spare.await;
+            if let Ok(file) = spare.await {
+                let _ = file.close().await;
+            }
+        }
+        let _ = self.file.close().await;
+        if let Some(done) = shutdown {
+            let _ = done.send(());
         }
     }
 
@@ -524,7 +533,8 @@ impl<D: Disk> WalWriter<D> {
             first_batch_seq: self.next_batch_seq,
             segment_bytes: self.cfg.segment_bytes,
         };
-        self.file = create_segment(&self.disk, &self.dir, &self.cfg, Some(spare), header).await?;
+        let next = create_segment(&self.disk, &self.dir, &self.cfg, Some(spare), header).await?;
+        std::mem::replace(&mut self.file, next).close().await?;
         self.shared.syncs.fetch_add(1, Ordering::Relaxed);
         self.offset = BLOCK_BYTES as u64;
         self.segment_bytes = self.cfg.segment_bytes;
