@@ -15,11 +15,12 @@ use ringkv::page_store::{PageStore, PageStoreConfig};
 const VALUE_BYTES: usize = 256;
 const BATCH_PUTS: u64 = 1000;
 
-fn key(i: u64) -> [u8; 16] {
-    // Spread keys over the key space as MVCC revisions of many users would be.
-    let mut k = [0u8; 16];
-    k[..8].copy_from_slice(&i.wrapping_mul(0x9E37_79B9_7F4A_7C15).to_be_bytes());
-    k[8..].copy_from_slice(&i.to_be_bytes());
+/// An etcd MVCC revision key: main revision, `_`, sub revision (17 bytes, big-endian), so
+/// inserts arrive in key order as they do from the MVCC layer.
+fn key(i: u64) -> [u8; 17] {
+    let mut k = [0u8; 17];
+    k[..8].copy_from_slice(&(i + 1).to_be_bytes());
+    k[8] = b'_';
     k
 }
 
@@ -73,8 +74,31 @@ fn main() {
         hist.record(t.elapsed().as_micros() as u64).unwrap();
     }
     rows.push(row(
-        &format!("put, {BATCH_PUTS} per commit"),
+        &format!("put, {BATCH_PUTS} per commit, ascending keys"),
         keys,
+        start.elapsed(),
+        hist,
+    ));
+
+    // Batched overwrites of random existing keys: copy-on-write rewrites a leaf per touched
+    // key, the worst case for a CoW tree.
+    let overwrites = keys.min(100_000);
+    let mut rng = StdRng::seed_from_u64(3);
+    let mut hist = Histogram::<u64>::new(3).unwrap();
+    let start = Instant::now();
+    for chunk_start in (0..overwrites).step_by(BATCH_PUTS as usize) {
+        let t = Instant::now();
+        let mut txn = store.begin_write();
+        for _ in chunk_start..(chunk_start + BATCH_PUTS).min(overwrites) {
+            txn.put(&key(rng.gen_range(0..keys)), &value).unwrap();
+        }
+        ci += 1;
+        txn.commit(ci).unwrap();
+        hist.record(t.elapsed().as_micros() as u64).unwrap();
+    }
+    rows.push(row(
+        &format!("put, {BATCH_PUTS} per commit, random keys"),
+        overwrites,
         start.elapsed(),
         hist,
     ));
@@ -114,12 +138,30 @@ fn main() {
     }
     gets(&store, "get, cached", &mut rows);
     let space = store.space();
+
+    // Reclaim what the overwrites left behind; one row per cleaner step, latency per step.
+    let mut hist = Histogram::<u64>::new(3).unwrap();
+    let start = Instant::now();
+    let mut steps = 0;
+    loop {
+        let t = Instant::now();
+        let report = store.clean(4).unwrap();
+        hist.record(t.elapsed().as_micros() as u64).unwrap();
+        steps += 1;
+        if report.segments_cleaned == 0 && report.bytes_freed == 0 {
+            break;
+        }
+    }
+    rows.push(row("clean step (4 segments)", steps, start.elapsed(), hist));
+    let cleaned_space = store.space();
     drop(store);
 
     let store = PageStore::open(&dir, uncached).unwrap();
     gets(&store, "get, uncached (64 KiB cache)", &mut rows);
 
-    println!("page store: {keys} keys, {VALUE_BYTES}-byte values, {space:?}");
+    println!("page store: {keys} keys, {VALUE_BYTES}-byte values, {space:?} before cleaning");
+    println!("after cleaning: {cleaned_space:?}");
+    println!("latency columns: per commit for puts, per get for gets, per step for clean");
     println!();
     println!("| operation | ops | ops/s | p50 µs | p99 µs | max µs |");
     println!("|---|---:|---:|---:|---:|---:|");

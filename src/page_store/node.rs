@@ -79,11 +79,36 @@ impl Page {
         if at != end {
             return Err(format!("entries end at {at}, payload at {end}"));
         }
-        Ok(Page {
+        let page = Page {
             header,
             buf,
             offsets,
-        })
+        };
+        #[cfg(debug_assertions)]
+        page.debug_check_order()?;
+        Ok(page)
+    }
+
+    /// Keys (or separators) strictly ascending: O(entries), so only in debug builds; release
+    /// builds rely on `check_integrity` for it.
+    #[cfg(debug_assertions)]
+    fn debug_check_order(&self) -> Result<(), String> {
+        let n = if self.is_leaf() {
+            self.len()
+        } else {
+            self.seps()
+        };
+        let at = |i| {
+            if self.is_leaf() {
+                self.key(i)
+            } else {
+                self.sep(i)
+            }
+        };
+        match (1..n).find(|&i| at(i - 1) >= at(i)) {
+            Some(i) => Err(format!("keys {} and {i} out of order", i - 1)),
+            None => Ok(()),
+        }
     }
 
     pub fn id(&self) -> u64 {
@@ -289,13 +314,21 @@ impl DirtyNode {
 
     /// Splits an over-full node into pieces that each fit a page. Returns the pieces after the
     /// first, each with the separator that precedes it; `self` keeps the first piece.
-    pub fn split(&mut self) -> Vec<(Vec<u8>, DirtyNode)> {
+    ///
+    /// `appending` (the growth came at the node's last entry, as ascending MVCC revisions do)
+    /// fills the left pieces to the brim and leaves the rest for the appends to come, so an
+    /// append-only key space packs pages nearly full; otherwise pieces are balanced.
+    pub fn split(&mut self, appending: bool) -> Vec<(Vec<u8>, DirtyNode)> {
         let total = self.encoded_bytes();
         if total <= PAYLOAD_BYTES {
             return Vec::new();
         }
         let pieces = total.div_ceil(PAYLOAD_BYTES);
-        let target = total.div_ceil(pieces);
+        let target = if appending {
+            PAYLOAD_BYTES
+        } else {
+            total.div_ceil(pieces)
+        };
         match self {
             DirtyNode::Leaf(entries) => {
                 let sizes: Vec<usize> = entries
@@ -375,6 +408,15 @@ pub fn leaf_entry_bytes(key: &[u8], v: &Val) -> usize {
 
 /// Encodes a dirty leaf whose values are all inline or already-written overflow extents.
 pub fn encode_leaf(entries: &[(Vec<u8>, Val)], id: u64, generation: u64) -> Vec<u8> {
+    debug_assert!(
+        entries.windows(2).all(|w| w[0].0 < w[1].0),
+        "leaf keys ascending"
+    );
+    let bytes: usize = entries.iter().map(|(k, v)| leaf_entry_bytes(k, v)).sum();
+    assert!(
+        bytes <= PAYLOAD_BYTES,
+        "a leaf of {bytes} bytes was not split"
+    );
     let mut page = vec![0u8; PAGE_BYTES];
     let mut at = HEADER_BYTES;
     for (k, v) in entries {
@@ -418,6 +460,15 @@ pub fn encode_leaf(entries: &[(Vec<u8>, Val)], id: u64, generation: u64) -> Vec<
 
 pub fn encode_branch(level: u8, seps: &[Vec<u8>], children: &[u64], id: u64, gen: u64) -> Vec<u8> {
     assert_eq!(seps.len() + 1, children.len());
+    debug_assert!(seps.windows(2).all(|w| w[0] < w[1]), "separators ascending");
+    let bytes = 8 + seps
+        .iter()
+        .map(|s| BRANCH_ENTRY_FIXED + s.len())
+        .sum::<usize>();
+    assert!(
+        bytes <= PAYLOAD_BYTES,
+        "a branch of {bytes} bytes was not split"
+    );
     let mut page = vec![0u8; PAGE_BYTES];
     let mut at = HEADER_BYTES;
     page[at..at + 8].copy_from_slice(&children[0].to_le_bytes());
@@ -448,6 +499,17 @@ pub fn encode_branch(level: u8, seps: &[Vec<u8>], children: &[u64], id: u64, gen
 mod tests {
     use super::*;
     use crate::page_store::format::page_id;
+
+    #[test]
+    fn an_appending_split_packs_the_left_page_full() {
+        let entries: Vec<_> = (0..100u32)
+            .map(|i| (format!("key{i:05}").into_bytes(), Val::Inline(vec![1; 40])))
+            .collect();
+        let mut node = DirtyNode::Leaf(entries);
+        let rest = node.split(true);
+        assert_eq!(rest.len(), 1);
+        assert!(node.encoded_bytes() > PAYLOAD_BYTES - 60);
+    }
 
     #[test]
     fn leaf_and_branch_round_trip_through_a_page() {
@@ -481,7 +543,7 @@ mod tests {
             .map(|i| (format!("key{i:05}").into_bytes(), Val::Inline(vec![1; 40])))
             .collect();
         let mut node = DirtyNode::Leaf(entries);
-        let rest = node.split();
+        let rest = node.split(false);
         assert!(rest.len() >= 4);
         assert!(node.encoded_bytes() <= PAYLOAD_BYTES);
         for (sep, piece) in &rest {

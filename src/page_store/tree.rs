@@ -72,7 +72,7 @@ impl Tree {
             return Ok(());
         };
         let mut added = false;
-        let mut extra = insert(root, src, key, val, &mut self.freed, &mut added)?;
+        let mut extra = insert(root, src, key, val, &mut self.freed, &mut added, true)?;
         if added {
             self.entries += 1;
         }
@@ -86,7 +86,7 @@ impl Tree {
                 seps,
                 children,
             };
-            extra = node.split();
+            extra = node.split(false);
             self.root = Some(Child::Dirty(Box::new(node)));
             self.height += 1;
         }
@@ -212,6 +212,7 @@ fn free_val(key: &[u8], v: &Val, freed: &mut Vec<(u64, u64)>) {
     }
 }
 
+/// `rightmost`: `child` is the last node of its level, where ascending keys arrive.
 fn insert(
     child: &mut Child,
     src: &dyn PageSource,
@@ -219,31 +220,45 @@ fn insert(
     val: Val,
     freed: &mut Vec<(u64, u64)>,
     added: &mut bool,
+    rightmost: bool,
 ) -> Result<Vec<(Vec<u8>, DirtyNode)>> {
     let node = make_dirty(child, src, freed)?;
-    match node {
+    let appending = match node {
         DirtyNode::Leaf(entries) => {
             match entries.binary_search_by(|(k, _)| k.as_slice().cmp(key)) {
                 Ok(i) => {
                     free_val(key, &entries[i].1, freed);
                     entries[i].1 = val;
+                    false
                 }
                 Err(i) => {
                     entries.insert(i, (key.to_vec(), val));
                     *added = true;
+                    rightmost && i + 1 == entries.len()
                 }
             }
         }
         DirtyNode::Branch { seps, children, .. } => {
             let i = seps.partition_point(|s| s.as_slice() <= key);
-            let extra = insert(&mut children[i], src, key, val, freed, added)?;
+            let last = i + 1 == children.len();
+            let extra = insert(
+                &mut children[i],
+                src,
+                key,
+                val,
+                freed,
+                added,
+                rightmost && last,
+            )?;
+            let appending = rightmost && last;
             for (j, (sep, n)) in extra.into_iter().enumerate() {
                 seps.insert(i + j, sep);
                 children.insert(i + 1 + j, Child::Dirty(Box::new(n)));
             }
+            appending
         }
-    }
-    Ok(node.split())
+    };
+    Ok(node.split(appending))
 }
 
 /// Removes `key`, which must exist below `child`.
