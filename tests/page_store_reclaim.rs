@@ -80,3 +80,32 @@ fn overwriting_a_working_set_with_a_concurrent_cleaner_keeps_files_within_2x_liv
         assert_eq!(snap.get(&key(i)).unwrap(), Some(value(i, ROUNDS - 1)));
     }
 }
+
+#[test]
+fn a_background_cleaner_keeps_up_with_a_writer() {
+    let config = PageStoreConfig {
+        cache_bytes: 256 << 10,
+        segment_bytes: 128 << 10,
+        clean_live_percent_max: 75,
+    };
+    let store = PageStore::open_on(Arc::new(SimDisk::new()), config).unwrap();
+    let cleaner = store.spawn_cleaner(std::time::Duration::from_millis(1), 4);
+    let mut ci = 0;
+    for round in 0..10 {
+        for chunk in (0..KEYS).collect::<Vec<_>>().chunks(100) {
+            let mut txn = store.begin_write();
+            for &i in chunk {
+                txn.put(&key(i), &value(i, round)).unwrap();
+            }
+            ci += 1;
+            txn.commit(ci).unwrap();
+        }
+    }
+    let report = cleaner.stop().unwrap();
+    assert!(report.segments_cleaned > 0, "{report:?}");
+    store.check_integrity().unwrap();
+    let snap = store.snapshot();
+    for i in 0..KEYS {
+        assert_eq!(snap.get(&key(i)).unwrap(), Some(value(i, 9)));
+    }
+}

@@ -2,12 +2,16 @@
 //! deleted. See "Reclamation" in the module doc.
 
 use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use parking_lot::{Condvar, Mutex};
 
 use super::format::{open_page, page_id, Kind, PAGE_BYTES};
 use super::node::{Page, Val};
 use super::store::Inner;
 use super::tree::Tree;
-use super::{CleanReport, DiskFile, Result};
+use super::{CleanReport, DiskFile, PageStore, Result};
 
 /// A page or extent found in a victim segment, with what it takes to find its parent.
 enum Found {
@@ -173,5 +177,70 @@ impl Inner {
                 _ => Ok(0),
             },
         }
+    }
+}
+
+/// A thread that runs `clean(max_segments)` every `interval` until stopped or dropped. It
+/// stops early at the first error (a poisoned store, an I/O error, corruption), which `stop`
+/// returns.
+pub struct BackgroundCleaner {
+    stop: Arc<(Mutex<bool>, Condvar)>,
+    thread: Option<JoinHandle<Result<CleanReport>>>,
+}
+
+impl PageStore {
+    /// Starts a background cleaner on its own thread.
+    pub fn spawn_cleaner(&self, interval: Duration, max_segments: usize) -> BackgroundCleaner {
+        let stop = Arc::new((Mutex::new(false), Condvar::new()));
+        let thread = {
+            let (store, stop) = (self.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name("page-store-cleaner".into())
+                .spawn(move || {
+                    let mut total = CleanReport::default();
+                    loop {
+                        {
+                            let mut stopped = stop.0.lock();
+                            if !*stopped {
+                                stop.1.wait_for(&mut stopped, interval);
+                            }
+                            if *stopped {
+                                return Ok(total);
+                            }
+                        }
+                        let r = store.clean(max_segments)?;
+                        total.segments_cleaned += r.segments_cleaned;
+                        total.pages_moved += r.pages_moved;
+                        total.bytes_freed += r.bytes_freed;
+                    }
+                })
+                .expect("spawn the page store cleaner thread")
+        };
+        BackgroundCleaner {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl BackgroundCleaner {
+    /// Stops the thread and returns what it did in total, or the error that stopped it.
+    pub fn stop(mut self) -> Result<CleanReport> {
+        self.halt()
+    }
+
+    fn halt(&mut self) -> Result<CleanReport> {
+        *self.stop.0.lock() = true;
+        self.stop.1.notify_all();
+        match self.thread.take() {
+            Some(t) => t.join().expect("page store cleaner thread panicked"),
+            None => Ok(CleanReport::default()),
+        }
+    }
+}
+
+impl Drop for BackgroundCleaner {
+    fn drop(&mut self) {
+        let _ = self.halt();
     }
 }

@@ -184,6 +184,7 @@
 //! An overflow extent is live if its owner key's leaf points at it. Then, holding the writer
 //! lock for that step only, it copies every live page out (making its path dirty) and commits:
 //! the pages move to the log tail, parents with them. Readers never wait for the cleaner.
+//! [`PageStore::spawn_cleaner`] runs these steps on a background thread at an interval.
 //!
 //! # Memory
 //!
@@ -211,6 +212,7 @@ mod node;
 mod store;
 mod tree;
 
+pub use clean::BackgroundCleaner;
 pub use disk::{DirDisk, Disk, DiskFile, SimDisk};
 pub use format::{MAX_KEY_BYTES, MAX_VALUE_BYTES, PAGE_BYTES};
 
