@@ -9,7 +9,9 @@ use parking_lot::Mutex;
 
 use super::node::Page;
 
-const SHARDS: usize = 16;
+const SHARDS_MAX: usize = 16;
+/// A shard holds at least this much, so a small cache is fewer shards, not useless ones.
+const SHARD_BYTES_MIN: usize = 64 << 10;
 
 pub struct PageCache {
     shards: Vec<Mutex<Shard>>,
@@ -28,16 +30,17 @@ struct Shard {
 
 impl PageCache {
     pub fn new(cache_bytes: usize) -> PageCache {
+        let shards = (cache_bytes / SHARD_BYTES_MIN).clamp(1, SHARDS_MAX);
         PageCache {
-            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
-            shard_bytes_max: cache_bytes / SHARDS,
+            shards: (0..shards).map(|_| Mutex::new(Shard::default())).collect(),
+            shard_bytes_max: cache_bytes / shards,
         }
     }
 
     fn shard(&self, id: u64) -> &Mutex<Shard> {
         // Fibonacci hashing: consecutive page ids spread over shards.
-        let h = id.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 60;
-        &self.shards[h as usize % SHARDS]
+        let h = id.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32;
+        &self.shards[h as usize % self.shards.len()]
     }
 
     pub fn get(&self, id: u64) -> Option<Arc<Page>> {
@@ -80,5 +83,30 @@ impl PageCache {
     /// Bytes currently held.
     pub fn bytes(&self) -> usize {
         self.shards.iter().map(|s| s.lock().bytes).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::page_store::format::page_id;
+    use crate::page_store::node::{encode_leaf, Val};
+
+    fn page(index: u32) -> Arc<Page> {
+        let id = page_id(1, index);
+        let bytes = encode_leaf(&[(b"k".to_vec(), Val::Inline(vec![1]))], id, 1);
+        Arc::new(Page::decode(bytes.into(), id).unwrap())
+    }
+
+    #[test]
+    fn the_cache_stays_within_its_bound_and_keeps_referenced_pages() {
+        let cache = PageCache::new(256 << 10);
+        cache.insert(page(0));
+        for i in 1..1000 {
+            assert!(cache.get(page_id(1, 0)).is_some(), "a hot page survives");
+            cache.insert(page(i));
+            assert!(cache.bytes() <= 256 << 10);
+        }
+        assert!(cache.bytes() > 128 << 10, "the cache is used");
     }
 }

@@ -94,6 +94,9 @@
 //! - `root id` 0 with `height` 0 is the empty tree; `height` 1 is a lone leaf.
 //! - `active segment`/`active end page`: where the log tail was (diagnostics: recovery starts a
 //!   new segment instead of trusting anything past the durable root).
+//! - The 96 used bytes lie in the slot's first 512-byte sector, so a torn slot write leaves
+//!   them wholly old or wholly new under the sector model; the checksum catches anything less
+//!   atomic.
 //!
 //! ## Limits and alignment
 //! - Keys up to 3072 bytes (`MAX_KEY_BYTES`, else `KeyTooLarge`), always inline in leaves, so
@@ -145,6 +148,11 @@
 //!    deleted at open; a removal that was not yet synced brings the file back, ditto.
 //! 7. Torn/junk pages after the durable end of the old tail segment: never referenced; they
 //!    fail their checksum (or are valid but unreachable) and the cleaner skips them.
+//! 8. Crash during step 6 (segment removal): the superblock is already durable; a removal whose
+//!    directory sync did not happen brings the file back, and open deletes it as unreferenced.
+//!
+//! `tests/page_store_model.rs` crashes after every successive disk operation of a commit and of
+//! a cleaner step (with several tear patterns each) and checks old-or-new after recovery.
 //!
 //! Recovery: read both superblock slots, take the valid one with the highest generation (if
 //! neither is valid and no segment exists, the store is new; if segments exist it is
@@ -190,7 +198,9 @@
 //!
 //! The page cache holds verified tree pages up to `cache_bytes` (CLOCK eviction); overflow
 //! extents are read from disk on each access and not cached. Besides the cache: the segment
-//! table (about 80 bytes per segment), the pin map, and a write transaction's dirty nodes.
+//! table (about 80 bytes per segment), the pin map, a write transaction's dirty nodes (and its
+//! values too long to inline, until commit), and during a cleaner step its victims' contents
+//! (at most `max_segments` segments).
 //!
 //! # I/O
 //!
@@ -266,7 +276,7 @@ impl Default for PageStoreConfig {
 }
 
 impl PageStoreConfig {
-    /// The smallest cache that still holds a root-to-leaf path per shard.
+    /// The smallest cache accepted: about 15 pages, a few root-to-leaf paths.
     pub const CACHE_BYTES_MIN: usize = 64 << 10;
 
     fn validate(&self) {
