@@ -32,8 +32,16 @@ fn config() -> PageStoreConfig {
 
 fn random_key(rng: &mut StdRng) -> Vec<u8> {
     let n: u32 = rng.gen_range(0..400);
+    if n % 3 == 0 {
+        // Keys that share a 1200-byte prefix: their separators are long, so branches hold a
+        // handful of children and the tree grows deep (branch splits and merges on every
+        // level).
+        let mut key = vec![b'p'; 1200];
+        key.extend(format!("{n:04}").bytes());
+        return key;
+    }
     let mut key = format!("k{n:04}").into_bytes();
-    // Some long keys with shared prefixes, to exercise separators and big entries.
+    // Some long keys, to exercise big entries.
     if n % 7 == 0 {
         key.extend(std::iter::repeat_n(b'x', rng.gen_range(0..1500)));
     }
