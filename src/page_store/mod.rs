@@ -669,10 +669,16 @@ impl Iterator for RangeIter {
     }
 }
 
-#[allow(dead_code)]
-fn assert_send_sync() {
-    fn is<T: Send + Sync>() {}
-    is::<PageStore>();
-    is::<Snapshot>();
-    is::<RangeIter>();
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handles_are_send_and_sync() {
+        fn is<T: Send + Sync>() {}
+        is::<PageStore>();
+        is::<Snapshot>();
+        is::<RangeIter>();
+        is::<BackgroundCleaner>();
+    }
 }
