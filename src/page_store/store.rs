@@ -504,8 +504,9 @@ impl Inner {
 
     /// Deletes every segment that the durable root does not reach and no pinned snapshot can:
     /// dead since generation `g`, with no pin older than `g`. Returns the bytes deleted.
-    pub fn reclaim_dead(&self, ws: &mut WriterState) -> Result<u64> {
-        let _ = ws; // Holding the writer keeps new roots from being published meanwhile.
+    /// Takes the writer state only as proof that the writer is held: no root is published
+    /// while the victims are chosen and removed.
+    pub fn reclaim_dead(&self, _writer_held: &mut WriterState) -> Result<u64> {
         let (generation, oldest_pin) = {
             let c = self.committed.lock();
             (c.generation, c.pins.keys().next().copied())
