@@ -2,6 +2,13 @@
 //! a directory, and `SimDisk`, a simulated disk for crash tests that loses unsynced writes and
 //! tears the last one.
 //!
+//! `DirDisk` files read, write and fdatasync through io_uring: each thread that touches a file
+//! gets its own small ring (created on first use, kept for the thread's life), submits one
+//! request and waits for its completion. The buffer outlives the request because the call does
+//! not return before the completion is reaped. If the kernel refuses io_uring (old kernel,
+//! seccomp), the thread falls back to `pread`/`pwrite`/`fdatasync`; `uring_ops()` tells tests
+//! which path ran.
+//!
 //! Crash model of `SimDisk` (what the page store must survive):
 //! 1. Writes and `set_len` since a file's last `sync_data` are pending. At a crash, a random
 //!    prefix of the pending operations of each file reaches the disk, in order; the first
@@ -13,12 +20,17 @@
 //! 3. `fail_after(n)` makes every operation after the next `n` fail with an I/O error, which is
 //!    how a test stops a store mid-commit; `crash_image` then gives the disk a restart would see.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+
+use io_uring::{opcode, types, IoUring};
 
 use parking_lot::Mutex;
 use rand::{Rng, SeedableRng};
@@ -106,19 +118,131 @@ struct RealFile {
     file: File,
 }
 
+/// Entries per thread ring: one request is in flight at a time.
+const RING_ENTRIES: u32 = 4;
+/// Largest single read or write request; longer transfers loop.
+const URING_CHUNK_BYTES: usize = 1 << 30;
+
+static URING_OPS: AtomicU64 = AtomicU64::new(0);
+
+/// Requests completed through io_uring so far, process-wide.
+pub fn uring_ops() -> u64 {
+    URING_OPS.load(Ordering::Relaxed)
+}
+
+/// This thread's ring, created on first use.
+enum ThreadRing {
+    Untried,
+    Refused,
+    Ready(Box<IoUring>),
+}
+
+thread_local! {
+    static RING: RefCell<ThreadRing> = const { RefCell::new(ThreadRing::Untried) };
+}
+
+/// Submits `entry` on this thread's ring and waits for its result (bytes transferred).
+/// `Ok(None)` if this thread has no ring. The caller keeps every buffer `entry` points to alive
+/// and unaliased until this returns, which covers the whole request.
+fn uring_submit(entry: &io_uring::squeue::Entry) -> io::Result<Option<usize>> {
+    RING.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if matches!(*slot, ThreadRing::Untried) {
+            *slot = match IoUring::new(RING_ENTRIES) {
+                Ok(ring) => ThreadRing::Ready(Box::new(ring)),
+                Err(_) => ThreadRing::Refused,
+            };
+        }
+        let ThreadRing::Ready(ring) = &mut *slot else {
+            return Ok(None);
+        };
+        // SAFETY: the entry's buffer stays valid until the completion is reaped below.
+        unsafe { ring.submission().push(entry) }
+            .map_err(|_| io::Error::other("io_uring submission queue full"))?;
+        loop {
+            match ring.submit_and_wait(1) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+            if let Some(cqe) = ring.completion().next() {
+                URING_OPS.fetch_add(1, Ordering::Relaxed);
+                let res = cqe.result();
+                return if res < 0 {
+                    Err(io::Error::from_raw_os_error(-res))
+                } else {
+                    Ok(Some(res as usize))
+                };
+            }
+        }
+    })
+}
+
 impl DiskFile for RealFile {
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        self.file.read_exact_at(buf, offset)
+        let fd = types::Fd(self.file.as_raw_fd());
+        let mut done = 0;
+        while done < buf.len() {
+            let chunk = &mut buf[done..];
+            let len = chunk.len().min(URING_CHUNK_BYTES) as u32;
+            let entry = opcode::Read::new(fd, chunk.as_mut_ptr(), len)
+                .offset(offset + done as u64)
+                .build();
+            let n = match uring_submit(&entry) {
+                Ok(Some(n)) => n,
+                Ok(None) => return self.file.read_exact_at(chunk, offset + done as u64),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            if n == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "read past the end of the file",
+                ));
+            }
+            done += n;
+        }
+        Ok(())
     }
+
     fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        self.file.write_all_at(buf, offset)
+        let fd = types::Fd(self.file.as_raw_fd());
+        let mut done = 0;
+        while done < buf.len() {
+            let chunk = &buf[done..];
+            let len = chunk.len().min(URING_CHUNK_BYTES) as u32;
+            let entry = opcode::Write::new(fd, chunk.as_ptr(), len)
+                .offset(offset + done as u64)
+                .build();
+            let n = match uring_submit(&entry) {
+                Ok(Some(n)) => n,
+                Ok(None) => return self.file.write_all_at(chunk, offset + done as u64),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            if n == 0 {
+                return Err(io::Error::new(io::ErrorKind::WriteZero, "write returned 0"));
+            }
+            done += n;
+        }
+        Ok(())
     }
+
     fn sync_data(&self) -> io::Result<()> {
-        self.file.sync_data()
+        let fd = types::Fd(self.file.as_raw_fd());
+        let entry = opcode::Fsync::new(fd)
+            .flags(types::FsyncFlags::DATASYNC)
+            .build();
+        match uring_submit(&entry)? {
+            Some(_) => Ok(()),
+            None => self.file.sync_data(),
+        }
     }
+
     fn len(&self) -> io::Result<u64> {
         Ok(self.file.metadata()?.len())
     }
+
     fn set_len(&self, len: u64) -> io::Result<()> {
         self.file.set_len(len)
     }

@@ -1,21 +1,234 @@
-//! Page store: an ordered, durable byte-key → byte-value store with pinned snapshots.
+//! Page store: an ordered, durable byte-key → byte-value store with pinned snapshots, built as a
+//! log-structured, copy-on-write B+tree.
 //!
-//! PLACEHOLDER: this file fixes the public API that `mvcc` builds on. Its body is an in-memory
-//! map so that the layers above can be written in parallel; the log-structured implementation
-//! (segments, copy-on-write B+tree, superblock, cache, cleaner) replaces the body and keeps every
-//! signature below. Nothing may ship while this placeholder is in place.
+//! This doc is the on-disk format and the commit protocol. Integers are little-endian.
+//!
+//! # Files
+//!
+//! One directory (a [`Disk`]) holds:
+//! - `superblock`: two 4 KiB slots at offsets 0 and 4096, written alternately.
+//! - `seg-<id as 16 lower-case hex digits>` (e.g. `seg-000000000000002a`): segments, append-only
+//!   sequences of 4 KiB pages. Segment ids start at 1, increase, and are never reused (the
+//!   superblock records the next id; a crash can at most leave an unused one behind).
+//!
+//! Any other file is ignored.
+//!
+//! # Pages and page ids
+//!
+//! The unit of allocation, I/O and checksumming is a 4096-byte page (`PAGE_BYTES`), at offset
+//! `index * 4096` of its segment. A page id is its location, `segment << 32 | index`; id 0
+//! means "no page". A page is written once and never overwritten: a change writes a new page at
+//! the tail of the log (copy-on-write), and space comes back only by deleting whole segments.
+//!
+//! Every page starts with a 32-byte header:
+//!
+//! ```text
+//!  0       4      5       6         8                16                24             28        32
+//!  +-------+------+-------+---------+-----------------+-----------------+--------------+---------+
+//!  | crc32c| kind | level | count   | page id         | generation      | payload bytes| extent  |
+//!  | u32   | u8   | u8    | u16     | u64             | u64             | u32          | u32     |
+//!  +-------+------+-------+---------+-----------------+-----------------+--------------+---------+
+//! ```
+//! - `crc32c`: CRC32C (Castagnoli) of bytes 4..4096 of the page, unused tail (zeros) included.
+//! - `kind`: 1 leaf, 2 branch, 3 overflow head, 4 overflow tail, 5 segment header. 0 never
+//!   occurs, so a never-written (zero) page fails both the checksum and the kind check.
+//! - `level`: 0 for leaves, parent level = child level + 1.
+//! - `count`: entries in a leaf, children in a branch.
+//! - `page id`: where the page was written; a read checks it, catching misdirected I/O.
+//! - `generation`: the commit that wrote the page (never above the superblock's).
+//! - `payload bytes`: bytes used after the header (at most 4064).
+//! - `extent`: overflow head: pages in its extent; overflow tail: its index in the extent;
+//!   otherwise 1.
+//!
+//! Every read of a page verifies checksum, kind and id before anything else looks at it; a
+//! failure is [`PageStoreError::Corruption`] naming the segment file and byte offset.
+//!
+//! ## Segment header (page 0 of every segment)
+//!
+//! ```text
+//!  0        32            36        40            44
+//!  | header | magic "RKSG" | version | segment id |  zeros to 4096
+//!  | kind 5 | u32          | u32 (1) | u32        |
+//! ```
+//!
+//! ## Leaf (kind 1)
+//!
+//! `count` entries in ascending key order, packed after the header:
+//!
+//! ```text
+//!  | klen u16 | vkind u8 | vlen u32 | key (klen) | value (vlen) if vkind 0  |
+//!  |          |          |          |            | first page id u64 if 1   |
+//! ```
+//! A value stays inline when `7 + klen + vlen <= 1024` (`INLINE_ENTRY_MAX_BYTES`); otherwise
+//! (vkind 1) it lives in an overflow extent and the leaf keeps the extent's first page id and
+//! the value length.
+//!
+//! ## Branch (kind 2)
+//!
+//! `count` children and `count - 1` separators:
+//!
+//! ```text
+//!  | child 0 u64 | slen u16 | separator 1 | child 1 u64 | ... | slen u16 | sep n-1 | child n-1 |
+//! ```
+//! Separator `i` lies between children `i - 1` and `i`: keys in child `i` are `>= sep i` and
+//! `< sep i+1`. A key goes to the child numbered by how many separators are `<= key`.
+//! Separators are the shortest prefix of the right sibling's first key that is greater than
+//! the left sibling's last key (suffix truncation).
+//!
+//! ## Overflow extent (kinds 3 and 4)
+//!
+//! `n` contiguous pages of one segment, each with its own header and checksum: a head page
+//! (`extent = n`) then `n - 1` tail pages (`extent = 1..n`). The payloads concatenated read
+//! `klen u16 | key | value`: the key names the owner, so the cleaner can find the leaf that
+//! points at an extent it meets in a victim segment.
+//!
+//! ## Superblock slot (4096 bytes; bytes 96.. are zero)
+//!
+//! ```text
+//!  0      4        8         12         16          24        32       36            40
+//!  | crc  | "RKSB" | version | page size| generation| root id | height | next segment |
+//!  40                 48              52                56        64..96
+//!  | consistent index | active segment| active end page | entries | zero |
+//! ```
+//! - `crc`: CRC32C of bytes 4..96. Slot `generation % 2` is written by generation `generation`.
+//! - `root id` 0 with `height` 0 is the empty tree; `height` 1 is a lone leaf.
+//! - `active segment`/`active end page`: where the log tail was (diagnostics: recovery starts a
+//!   new segment instead of trusting anything past the durable root).
+//! - The 96 used bytes lie in the slot's first 512-byte sector, so a torn slot write leaves
+//!   them wholly old or wholly new under the sector model; the checksum catches anything less
+//!   atomic.
+//!
+//! ## Limits and alignment
+//! - Keys up to 3072 bytes (`MAX_KEY_BYTES`, else `KeyTooLarge`), always inline in leaves, so
+//!   any entry and any branch item fits a page with room for a second one (checked by
+//!   `const` asserts in `format.rs`). Values up to 16 MiB (`MAX_VALUE_BYTES`, else
+//!   `ValueTooLarge`). A value extent always sits in one segment: an extent longer than
+//!   `segment_bytes` gets a segment of its own.
+//! - All I/O is whole pages at page-aligned offsets, so a torn write (the disk writes whole
+//!   512-byte sectors) is always inside the checksum of the page it tears.
+//!
+//! # The tree
+//!
+//! A B+tree whose nodes are single pages; all leaves at level 0. A write transaction copies
+//! the nodes it changes out of their pages (the leaf-to-root path), splits over-full ones and
+//! merges small ones (under a quarter page) with a sibling in memory, and at commit writes each
+//! dirty node once, children before parents (overflow extents before their leaves), then the
+//! root. A page reachable from the durable root has exactly one parent.
+//!
+//! # Commit protocol
+//!
+//! 1. Append every dirty page of the transaction at the log tail (rolling to new segments as
+//!    they fill; a new segment's header is written and fdatasync'd, and the directory synced,
+//!    before anything can point into it).
+//! 2. fdatasync every segment written in step 1.
+//! 3. Write superblock slot `g % 2` for the new generation `g`: root, height, consistent index,
+//!    next segment id, entry count.
+//! 4. fdatasync the superblock file. The commit is durable; `commit` returns Ok after this.
+//! 5. Publish in memory: new root for new snapshots, live-byte accounting, cache fill.
+//! 6. Delete segments no root can reach any more (see Reclamation), then sync the directory.
+//!
+//! Any I/O error in steps 1-4 poisons the store ([`PageStoreError::Poisoned`] from then on):
+//! whether the commit is durable is unknown until a reopen recovers.
+//!
+//! Crash cases (what recovery finds and does):
+//! 1. Crash before or during step 1-2: some new pages may be on disk, torn or whole, but no
+//!    durable superblock points at them. Recovery takes the previous root; the stray pages are
+//!    dead bytes in their segment (counted in `file_bytes`, never in `live_bytes`).
+//! 2. Crash between 2 and 3 (pages durable, superblock not written): as 1.
+//! 3. Crash during step 3 (torn superblock write): the slot being written fails its checksum;
+//!    the other slot holds the previous generation, whose pages were never overwritten.
+//! 4. Crash between 3 and 4: the new slot may or may not have landed; either it is whole
+//!    (checksum holds → the new root, whose pages step 2 made durable) or it is not (→ the old
+//!    root). A commit that returned Ok has passed step 4 and is never lost.
+//! 5. Crash while creating a segment: a file not yet in the synced directory disappears; one
+//!    that is present but unreferenced is deleted at open.
+//! 6. Crash mid-cleaning: cleaning is an ordinary commit that rewrites live pages, so 1-4
+//!    apply; the victim is deleted only after the root that no longer reaches it is durable.
+//!    A crash after the new root but before the deletion leaves an unreferenced segment,
+//!    deleted at open; a removal that was not yet synced brings the file back, ditto.
+//! 7. Torn/junk pages after the durable end of the old tail segment: never referenced; they
+//!    fail their checksum (or are valid but unreachable) and the cleaner skips them.
+//! 8. Crash during step 6 (segment removal): the superblock is already durable; a removal whose
+//!    directory sync did not happen brings the file back, and open deletes it as unreferenced.
+//!
+//! `tests/page_store_model.rs` crashes after every successive disk operation of a commit and of
+//! a cleaner step (with several tear patterns each) and checks old-or-new after recovery.
+//!
+//! Recovery: read both superblock slots, take the valid one with the highest generation (if
+//! neither is valid and no segment exists, the store is new; if segments exist it is
+//! corruption). Walk the tree from its root, reading every leaf and branch page once (cost:
+//! one 4 KiB read per tree page, about the data set's size when values are small; overflow
+//! extents are counted from their leaf pointers without being read), to recompute each
+//! segment's live bytes and check the headers of the segments it reaches. Delete every
+//! segment it does not reach. Start a new active segment with a fresh id.
+//!
+//! Assumed of the disk: fdatasync makes prior writes to that file durable; creating and
+//! removing files is durable after the directory is synced; a write that is interrupted lands
+//! in whole sectors of at least 512 bytes (pages are 8 sectors, so a tear is caught by the
+//! page checksum); reads return what was last durably written or a detectable tear.
+//!
+//! # Snapshots
+//!
+//! A [`Snapshot`] holds the root id and generation of the latest durable commit and registers
+//! a pin on that generation (a map generation → count, touched only on pin and unpin). Pages
+//! reachable from it are immutable until it drops, because pages are never overwritten and a
+//! segment is deleted only when no pinned generation can reach it. Readers take no lock that
+//! the writer holds across work; they share the page cache (sharded, lock held per lookup).
+//!
+//! # Reclamation (the cleaner)
+//!
+//! Each segment has `live_bytes`: bytes of pages and extents the latest root reaches in it. A
+//! commit adds its new pages and subtracts every page it copied out (a superseded node) and
+//! every extent it replaced or deleted; so victims are chosen without scanning. A sealed
+//! segment whose live bytes reach 0 at generation `g` is `dead since g`; it is deleted (file
+//! removed, directory synced) once the root of `g` is durable and no snapshot pins a generation
+//! below `g`. The durable root of `g` and every later one cannot reach it.
+//!
+//! [`PageStore::clean`] picks up to `max_segments` sealed segments with
+//! `live_bytes / file_bytes` below `clean_live_percent_max`, least live first, reads each whole
+//! (without the writer lock), and finds which of its pages are still live: a tree page is
+//! located by a key in its range (a leaf's first key, a branch's first separator) and its
+//! level, by searching from the current root; it is live if the search reaches exactly its id.
+//! An overflow extent is live if its owner key's leaf points at it. Then, holding the writer
+//! lock for that step only, it copies every live page out (making its path dirty) and commits:
+//! the pages move to the log tail, parents with them. Readers never wait for the cleaner.
+//! [`PageStore::spawn_cleaner`] runs these steps on a background thread at an interval.
+//!
+//! # Memory
+//!
+//! The page cache holds verified tree pages up to `cache_bytes` (CLOCK eviction); overflow
+//! extents are read from disk on each access and not cached. Besides the cache: the segment
+//! table (about 80 bytes per segment), the pin map, a write transaction's dirty nodes (and its
+//! values too long to inline, until commit), and during a cleaner step its victims' contents
+//! (at most `max_segments` segments).
+//!
+//! # I/O
+//!
+//! [`DirDisk`] reads, writes and fdatasyncs through io_uring: a ring per thread, one request
+//! submitted and waited for at a time (the page store's callers are synchronous). Commit
+//! writes are large sequential writes of whole runs of pages.
 
-use std::collections::BTreeMap;
-use std::ops::Bound;
 use std::path::{Path, PathBuf};
-
 use std::sync::Arc;
 
-use parking_lot::{Mutex, MutexGuard, RwLock};
+use parking_lot::MutexGuard;
 
+mod cache;
+mod clean;
 pub mod disk;
+mod format;
+mod integrity;
+mod node;
+mod store;
+mod tree;
 
+pub use clean::BackgroundCleaner;
 pub use disk::{DirDisk, Disk, DiskFile, SimDisk};
+pub use format::{MAX_KEY_BYTES, MAX_VALUE_BYTES, PAGE_BYTES};
+
+use node::{Page, Val};
+use store::{Inner, WriterState};
+use tree::Tree;
 
 /// Errors of the page store. `Corruption` names the file and byte offset that failed a check.
 #[derive(Debug, thiserror::Error)]
@@ -30,22 +243,57 @@ pub enum PageStoreError {
     },
     #[error("value of {len} bytes exceeds the page store limit of {max} bytes")]
     ValueTooLarge { len: usize, max: usize },
+    #[error("key of {len} bytes exceeds the page store limit of {max} bytes")]
+    KeyTooLarge { len: usize, max: usize },
+    /// A commit failed part-way; nothing more is written until the store is reopened.
+    #[error("page store stopped after a failed commit; reopen it to recover")]
+    Poisoned,
 }
 
 pub type Result<T> = std::result::Result<T, PageStoreError>;
 
-/// Tunables; see `tuning/` for the profiles that set them.
+/// Tunables; see `tuning/` for the profiles that set them. Build with
+/// `PageStoreConfig { cache_bytes, ..Default::default() }` so that new knobs keep defaults.
 #[derive(Debug, Clone)]
 pub struct PageStoreConfig {
     /// Upper bound on memory held by cached pages.
     pub cache_bytes: usize,
+    /// A segment is sealed once it reaches this size (a bigger value extent gets a segment of
+    /// its own). Smaller segments reclaim space in finer steps; bigger ones mean fewer files.
+    pub segment_bytes: usize,
+    /// `clean` picks segments whose live bytes are below this percentage of their size.
+    pub clean_live_percent_max: u32,
 }
 
 impl Default for PageStoreConfig {
     fn default() -> Self {
         Self {
             cache_bytes: 256 << 20,
+            segment_bytes: 8 << 20,
+            clean_live_percent_max: 50,
         }
+    }
+}
+
+impl PageStoreConfig {
+    /// The smallest cache accepted: about 15 pages, a few root-to-leaf paths.
+    pub const CACHE_BYTES_MIN: usize = 64 << 10;
+
+    fn validate(&self) {
+        assert!(
+            self.cache_bytes >= Self::CACHE_BYTES_MIN,
+            "cache_bytes below {}",
+            Self::CACHE_BYTES_MIN
+        );
+        assert!(
+            self.segment_bytes >= 4 * PAGE_BYTES && self.segment_bytes % PAGE_BYTES == 0,
+            "segment_bytes must be a multiple of the page size, at least 4 pages"
+        );
+        assert!(self.clean_live_percent_max <= 100);
+    }
+
+    fn segment_pages(&self) -> u32 {
+        (self.segment_bytes / PAGE_BYTES) as u32
     }
 }
 
@@ -54,7 +302,8 @@ impl Default for PageStoreConfig {
 pub struct SpaceStats {
     /// Bytes of all files the store holds on disk.
     pub file_bytes: u64,
-    /// Bytes of pages reachable from the latest root or a pinned snapshot.
+    /// Bytes of pages reachable from the latest root. Pages only pinned snapshots reach are
+    /// not counted here (they are in `file_bytes` until the pin drops and the cleaner runs).
     pub live_bytes: u64,
 }
 
@@ -66,24 +315,10 @@ pub struct CleanReport {
     pub bytes_freed: u64,
 }
 
-type Map = BTreeMap<Vec<u8>, Vec<u8>>;
-
-struct Committed {
-    map: Arc<Map>,
-    consistent_index: u64,
-}
-
 /// Handle to an open store. Cheap to clone; `Send + Sync`.
 #[derive(Clone)]
 pub struct PageStore {
     inner: Arc<Inner>,
-}
-
-struct Inner {
-    #[allow(dead_code)]
-    disk: Arc<dyn Disk>,
-    committed: RwLock<Committed>,
-    writer: Mutex<()>,
 }
 
 impl PageStore {
@@ -94,16 +329,9 @@ impl PageStore {
     }
 
     /// Opens the store on any `Disk`; crash tests pass a `SimDisk` or its `crash_image`.
-    pub fn open_on(disk: Arc<dyn Disk>, _config: PageStoreConfig) -> Result<PageStore> {
+    pub fn open_on(disk: Arc<dyn Disk>, config: PageStoreConfig) -> Result<PageStore> {
         Ok(PageStore {
-            inner: Arc::new(Inner {
-                disk,
-                committed: RwLock::new(Committed {
-                    map: Arc::new(Map::new()),
-                    consistent_index: 0,
-                }),
-                writer: Mutex::new(()),
-            }),
+            inner: Inner::open(disk, config)?,
         })
     }
 
@@ -111,115 +339,234 @@ impl PageStore {
     /// Readers (snapshots) never block on it.
     pub fn begin_write(&self) -> WriteTxn<'_> {
         let guard = self.inner.writer.lock();
-        let base = self.inner.committed.read().map.clone();
+        let c = self.inner.committed.lock();
+        let tree = Tree::new(c.root, c.height, c.entries);
+        drop(c);
         WriteTxn {
             store: self,
-            _guard: guard,
-            map: (*base).clone(),
+            guard,
+            tree,
         }
     }
 
     /// Pins the latest committed root: a consistent point-in-time view that later commits and
     /// the cleaner never change. Unpinned on drop.
     pub fn snapshot(&self) -> Snapshot {
-        let c = self.inner.committed.read();
+        let (c, generation) = self.inner.pin();
         Snapshot {
-            map: c.map.clone(),
-            consistent_index: c.consistent_index,
+            pin: Arc::new(Pin {
+                inner: self.inner.clone(),
+                root: c.root,
+                generation,
+                consistent_index: c.consistent_index,
+                entries: c.entries,
+            }),
         }
     }
 
     /// The consistent index recorded by the latest durable commit.
     pub fn consistent_index(&self) -> u64 {
-        self.inner.committed.read().consistent_index
+        self.inner.committed.lock().consistent_index
     }
 
     /// One bounded step of space reclamation; never blocks readers or the writer for long.
-    pub fn clean(&self, _max_segments: usize) -> Result<CleanReport> {
-        Ok(CleanReport::default())
+    /// Moves the live pages of at most `max_segments` mostly-dead segments to the log tail in
+    /// one commit, and deletes every segment no root or snapshot can reach any more.
+    pub fn clean(&self, max_segments: usize) -> Result<CleanReport> {
+        self.inner.clean(max_segments)
     }
 
     pub fn space(&self) -> SpaceStats {
-        SpaceStats::default()
+        let segs = self.inner.segments.read();
+        SpaceStats {
+            file_bytes: 2 * PAGE_BYTES as u64 + segs.values().map(|s| s.file_bytes).sum::<u64>(),
+            live_bytes: segs.values().map(|s| s.live_bytes).sum(),
+        }
     }
 
-    /// Reads every reachable page and verifies every checksum and tree invariant.
+    /// Bytes the page cache holds now (at most `cache_bytes`).
+    pub fn cached_bytes(&self) -> usize {
+        self.inner.cache.bytes()
+    }
+
+    /// Reads every reachable page and verifies every checksum and tree invariant, and that the
+    /// live-byte accounting agrees with what the root reaches. Holds the writer for its
+    /// duration (readers go on).
     pub fn check_integrity(&self) -> Result<()> {
-        Ok(())
+        self.inner.check_integrity()
     }
 }
 
 /// The single writer's transaction. Dropping it without `commit` discards its changes.
 pub struct WriteTxn<'a> {
     store: &'a PageStore,
-    _guard: MutexGuard<'a, ()>,
-    map: Map,
+    guard: MutexGuard<'a, WriterState>,
+    tree: Tree,
 }
 
 impl WriteTxn<'_> {
     /// Reads through this transaction's own uncommitted writes.
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        Ok(self.map.get(key).cloned())
+        let inner = &*self.store.inner;
+        match self.tree.get(inner, key)? {
+            Some(v) => Ok(Some(inner.resolve(key, v)?)),
+            None => Ok(None),
+        }
     }
 
     pub fn put(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
-        self.map.insert(key.to_vec(), value.to_vec());
-        Ok(())
+        check_key(key)?;
+        if value.len() > MAX_VALUE_BYTES {
+            return Err(PageStoreError::ValueTooLarge {
+                len: value.len(),
+                max: MAX_VALUE_BYTES,
+            });
+        }
+        self.tree.put(&*self.store.inner, key, Val::new(key, value))
     }
 
     /// Returns whether the key existed.
     pub fn delete(&mut self, key: &[u8]) -> Result<bool> {
-        Ok(self.map.remove(key).is_some())
+        if key.len() > MAX_KEY_BYTES {
+            return Ok(false);
+        }
+        self.tree.delete(&*self.store.inner, key)
     }
 
     /// Makes every change durable (pages, then the root that points at them) and visible to new
     /// snapshots, recording `consistent_index` atomically with them. Returns after fdatasync.
-    pub fn commit(self, consistent_index: u64) -> Result<()> {
-        let mut c = self.store.inner.committed.write();
-        c.map = Arc::new(self.map);
-        c.consistent_index = consistent_index;
-        Ok(())
+    pub fn commit(mut self, consistent_index: u64) -> Result<()> {
+        self.store
+            .inner
+            .commit(&mut self.guard, self.tree, consistent_index)
+            .map(|_| ())
+    }
+}
+
+fn check_key(key: &[u8]) -> Result<()> {
+    if key.len() > MAX_KEY_BYTES {
+        return Err(PageStoreError::KeyTooLarge {
+            len: key.len(),
+            max: MAX_KEY_BYTES,
+        });
+    }
+    Ok(())
+}
+
+/// One pinned generation; shared by the clones of a snapshot and its iterators.
+struct Pin {
+    inner: Arc<Inner>,
+    root: u64,
+    generation: u64,
+    consistent_index: u64,
+    entries: u64,
+}
+
+impl Drop for Pin {
+    fn drop(&mut self) {
+        self.inner.unpin(self.generation);
     }
 }
 
 /// A pinned, immutable view. `Clone + Send + Sync`; clones share the pin.
 #[derive(Clone)]
 pub struct Snapshot {
-    map: Arc<Map>,
-    consistent_index: u64,
+    pin: Arc<Pin>,
 }
 
 impl Snapshot {
     pub fn consistent_index(&self) -> u64 {
-        self.consistent_index
+        self.pin.consistent_index
+    }
+
+    /// The commit generation this snapshot pins (increases by one per commit).
+    pub fn generation(&self) -> u64 {
+        self.pin.generation
+    }
+
+    /// Number of entries in this snapshot.
+    pub fn len(&self) -> u64 {
+        self.pin.entries
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pin.entries == 0
     }
 
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        Ok(self.map.get(key).cloned())
+        if self.pin.root == 0 {
+            return Ok(None);
+        }
+        let inner = &*self.pin.inner;
+        let mut id = self.pin.root;
+        loop {
+            let page = inner.read_page(id)?;
+            if page.is_leaf() {
+                return match page.search(key) {
+                    Ok(i) => Ok(Some(inner.resolve_ref(key, page.value(i))?)),
+                    Err(_) => Ok(None),
+                };
+            }
+            id = page.child(page.child_index(key));
+        }
     }
 
     /// The greatest entry whose key is `<= key`.
     pub fn seek_le(&self, key: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
-        Ok(self
-            .map
-            .range::<[u8], _>((Bound::Unbounded, Bound::Included(key)))
-            .next_back()
-            .map(|(k, v)| (k.clone(), v.clone())))
+        if self.pin.root == 0 {
+            return Ok(None);
+        }
+        let inner = &*self.pin.inner;
+        // Path of (branch, child index taken); backtrack to the previous leaf if the leaf
+        // reached holds no key <= `key`.
+        let mut path: Vec<(Arc<Page>, usize)> = Vec::new();
+        let mut page = inner.read_page(self.pin.root)?;
+        loop {
+            if page.is_leaf() {
+                let pos = match page.search(key) {
+                    Ok(i) => i + 1,
+                    Err(i) => i,
+                };
+                if pos > 0 {
+                    let k = page.key(pos - 1).to_vec();
+                    let v = inner.resolve_ref(&k, page.value(pos - 1))?;
+                    return Ok(Some((k, v)));
+                }
+                // Up to the nearest branch where a left sibling exists, then down its rightmost
+                // edge.
+                loop {
+                    let Some((branch, i)) = path.pop() else {
+                        return Ok(None);
+                    };
+                    if i > 0 {
+                        page = inner.read_page(branch.child(i - 1))?;
+                        while !page.is_leaf() {
+                            page = inner.read_page(page.child(page.len() - 1))?;
+                        }
+                        let last = page.len() - 1;
+                        let k = page.key(last).to_vec();
+                        let v = inner.resolve_ref(&k, page.value(last))?;
+                        return Ok(Some((k, v)));
+                    }
+                }
+            }
+            let i = page.child_index(key);
+            let child = page.child(i);
+            path.push((page, i));
+            page = inner.read_page(child)?;
+        }
     }
 
     /// Entries with `start <= key < end` (`end = None`: to the last key), in ascending key order.
+    /// Pages are read lazily as the iterator advances; this is also how a whole snapshot is
+    /// streamed (`range(b"", None)`).
     pub fn range(&self, start: &[u8], end: Option<&[u8]>) -> RangeIter {
-        let upper = end.map_or(Bound::Unbounded, |e| Bound::Excluded(e.to_vec()));
-        let items: Vec<_> = if upper_before(start, end) {
-            Vec::new()
-        } else {
-            self.map
-                .range((Bound::Included(start.to_vec()), upper))
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect()
-        };
         RangeIter {
-            items: items.into_iter(),
+            snapshot: self.clone(),
+            start: Some(start.to_vec()),
+            end: end.map(<[u8]>::to_vec),
+            path: Vec::new(),
+            done: upper_before(start, end) || self.pin.root == 0,
         }
     }
 }
@@ -230,12 +577,108 @@ fn upper_before(start: &[u8], end: Option<&[u8]>) -> bool {
 
 /// Ascending iterator over a snapshot; holds the snapshot's pin while alive.
 pub struct RangeIter {
-    items: std::vec::IntoIter<(Vec<u8>, Vec<u8>)>,
+    snapshot: Snapshot,
+    /// Where to seek on the first `next`; `None` once positioned.
+    start: Option<Vec<u8>>,
+    end: Option<Vec<u8>>,
+    /// Root-to-leaf path: each page and the index of the next child / entry to visit.
+    path: Vec<(Arc<Page>, usize)>,
+    done: bool,
+}
+
+impl RangeIter {
+    fn seek(&mut self, key: &[u8]) -> Result<()> {
+        let inner = &*self.snapshot.pin.inner;
+        let mut page = inner.read_page(self.snapshot.pin.root)?;
+        while !page.is_leaf() {
+            let i = page.child_index(key);
+            let child = page.child(i);
+            self.path.push((page, i + 1));
+            page = inner.read_page(child)?;
+        }
+        let pos = page.search(key).unwrap_or_else(|i| i);
+        self.path.push((page, pos));
+        Ok(())
+    }
+
+    /// Moves to the first entry of the next leaf; false at the end of the tree.
+    fn next_leaf(&mut self) -> Result<bool> {
+        let inner = &*self.snapshot.pin.inner;
+        self.path.pop();
+        loop {
+            let Some((branch, next)) = self.path.last_mut() else {
+                return Ok(false);
+            };
+            if *next < branch.len() {
+                let mut page = inner.read_page(branch.child(*next))?;
+                *next += 1;
+                while !page.is_leaf() {
+                    let child = page.child(0);
+                    self.path.push((page, 1));
+                    page = inner.read_page(child)?;
+                }
+                self.path.push((page, 0));
+                return Ok(true);
+            }
+            self.path.pop();
+        }
+    }
+
+    fn advance(&mut self) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+        if let Some(start) = self.start.take() {
+            self.seek(&start)?;
+        }
+        loop {
+            let (leaf, pos) = self.path.last_mut().expect("positioned");
+            if *pos < leaf.len() {
+                let i = *pos;
+                *pos += 1;
+                let key = leaf.key(i);
+                if self.end.as_deref().is_some_and(|e| key >= e) {
+                    return Ok(None);
+                }
+                let k = key.to_vec();
+                let v = self.snapshot.pin.inner.resolve_ref(&k, leaf.value(i))?;
+                return Ok(Some((k, v)));
+            }
+            if !self.next_leaf()? {
+                return Ok(None);
+            }
+        }
+    }
 }
 
 impl Iterator for RangeIter {
     type Item = Result<(Vec<u8>, Vec<u8>)>;
     fn next(&mut self) -> Option<Self::Item> {
-        self.items.next().map(Ok)
+        if self.done {
+            return None;
+        }
+        match self.advance() {
+            Ok(Some(kv)) => Some(Ok(kv)),
+            Ok(None) => {
+                self.done = true;
+                self.path.clear();
+                None
+            }
+            Err(e) => {
+                self.done = true;
+                Some(Err(e))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handles_are_send_and_sync() {
+        fn is<T: Send + Sync>() {}
+        is::<PageStore>();
+        is::<Snapshot>();
+        is::<RangeIter>();
+        is::<BackgroundCleaner>();
     }
 }

@@ -1,0 +1,700 @@
+//! The store's shared state and its disk protocol: recovery at open, verified page and extent
+//! reads through the cache, the commit (pages → fdatasync → superblock → fdatasync → publish),
+//! per-segment live-byte accounting, snapshot pins, and deleting segments nothing can reach.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io;
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
+
+use super::cache::PageCache;
+use super::disk::{Disk, DiskFile};
+use super::format::{
+    check_segment_header, extent_pages, index_of, offset_of, open_page, page_id,
+    parse_segment_file_name, seal_page, segment_file_name, segment_header_page, segment_of, Header,
+    Kind, Superblock, HEADER_BYTES, PAGE_BYTES, PAYLOAD_BYTES, SUPERBLOCK_FILE,
+};
+use super::node::{encode_branch, encode_leaf, Page, Val, ValRef};
+use super::tree::{flush, NodeWriter, PageSource, Tree};
+use super::{PageStoreConfig, PageStoreError, Result};
+
+pub(crate) struct Inner {
+    pub disk: Arc<dyn Disk>,
+    pub config: PageStoreConfig,
+    pub cache: PageCache,
+    /// The latest durable root and the pinned generations. Held only for pointer-sized reads
+    /// and writes: a reader never waits on I/O here.
+    pub committed: Mutex<Committed>,
+    /// Segment table: one small entry per segment file (about 80 bytes each).
+    pub segments: RwLock<BTreeMap<u32, Segment>>,
+    /// The single writer: a `WriteTxn` or a cleaner step holds it.
+    pub writer: Mutex<WriterState>,
+    /// Serialises cleaner steps (and integrity checks) with each other.
+    pub cleaner: Mutex<()>,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Committed {
+    pub root: u64,
+    pub height: u32,
+    pub generation: u64,
+    pub consistent_index: u64,
+    pub entries: u64,
+    /// Pinned generation → number of live snapshots pinning it.
+    pub pins: BTreeMap<u64, usize>,
+}
+
+pub(crate) struct Segment {
+    pub file: Arc<dyn DiskFile>,
+    /// Pages in use (the durable end for sealed segments).
+    pub pages: u32,
+    pub file_bytes: u64,
+    /// Bytes of pages and extents the latest durable root reaches in this segment.
+    pub live_bytes: u64,
+    /// No more pages will be appended (every segment but the active one).
+    pub sealed: bool,
+    /// The first generation whose root reaches nothing here; deletable once no snapshot pins
+    /// an older generation.
+    pub dead_since: Option<u64>,
+}
+
+pub(crate) struct WriterState {
+    pub generation: u64,
+    pub next_segment: u32,
+    pub active: u32,
+    pub active_file: Arc<dyn DiskFile>,
+    pub active_pages: u32,
+    pub superblock: Arc<dyn DiskFile>,
+    /// Set when a commit failed part-way: what is durable is unknown until a reopen recovers.
+    pub poisoned: bool,
+}
+
+impl PageSource for Inner {
+    fn page(&self, id: u64) -> Result<Arc<Page>> {
+        self.read_page(id)
+    }
+}
+
+impl Inner {
+    pub fn corruption(
+        &self,
+        segment: u32,
+        offset: u64,
+        detail: impl Into<String>,
+    ) -> PageStoreError {
+        PageStoreError::Corruption {
+            file: self.disk.path_of(&segment_file_name(segment)),
+            offset,
+            detail: detail.into(),
+        }
+    }
+
+    fn segment_file(&self, id: u64) -> Result<Arc<dyn DiskFile>> {
+        let segment = segment_of(id);
+        self.segments
+            .read()
+            .get(&segment)
+            .map(|s| s.file.clone())
+            .ok_or_else(|| {
+                self.corruption(
+                    segment,
+                    offset_of(id),
+                    "page in a segment that does not exist",
+                )
+            })
+    }
+
+    /// Reads `buf.len()` bytes at page `id`; reading past the end of the file is corruption
+    /// (a pointer to pages that were never made durable).
+    fn read_at(&self, id: u64, buf: &mut [u8]) -> Result<()> {
+        let file = self.segment_file(id)?;
+        match file.read_exact_at(buf, offset_of(id)) {
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Err(self.corruption(
+                segment_of(id),
+                offset_of(id),
+                "page beyond the end of its segment",
+            )),
+            other => Ok(other?),
+        }
+    }
+
+    /// Reads and verifies a tree page, bypassing the cache.
+    pub fn read_page_uncached(&self, id: u64) -> Result<Page> {
+        let mut buf = vec![0u8; PAGE_BYTES].into_boxed_slice();
+        self.read_at(id, &mut buf)?;
+        Page::decode(buf, id).map_err(|d| self.corruption(segment_of(id), offset_of(id), d))
+    }
+
+    pub fn read_page(&self, id: u64) -> Result<Arc<Page>> {
+        if let Some(page) = self.cache.get(id) {
+            return Ok(page);
+        }
+        let page = Arc::new(self.read_page_uncached(id)?);
+        self.cache.insert(page.clone());
+        Ok(page)
+    }
+
+    /// Reads and verifies the overflow extent at `id` holding `key`'s value of `len` bytes.
+    pub fn read_value(&self, key: &[u8], id: u64, len: u32) -> Result<Vec<u8>> {
+        let pages = extent_pages(key.len(), len as usize);
+        let mut buf = vec![0u8; pages as usize * PAGE_BYTES];
+        self.read_at(id, &mut buf)?;
+        let (k, v) = self.decode_extent(id, &buf)?;
+        if k != key || v.len() != len as usize {
+            return Err(self.corruption(
+                segment_of(id),
+                offset_of(id),
+                "overflow extent belongs to another key or has the wrong length",
+            ));
+        }
+        Ok(v)
+    }
+
+    /// Verifies every page of the extent read from `id` into `buf` and returns its key and
+    /// value.
+    pub fn decode_extent(&self, id: u64, buf: &[u8]) -> Result<(Vec<u8>, Vec<u8>)> {
+        let pages = (buf.len() / PAGE_BYTES) as u32;
+        let mut stream = Vec::with_capacity(buf.len());
+        for (i, page) in buf.chunks(PAGE_BYTES).enumerate() {
+            let at = id + i as u64;
+            let bad = |d: String| self.corruption(segment_of(at), offset_of(at), d);
+            let h = open_page(page, at).map_err(bad)?;
+            let (kind, extent) = if i == 0 {
+                (Kind::OverflowHead, pages)
+            } else {
+                (Kind::OverflowTail, i as u32)
+            };
+            if h.kind != kind || h.extent != extent {
+                return Err(bad(format!(
+                    "expected {kind:?} {extent} of an overflow extent, found {:?} {}",
+                    h.kind, h.extent
+                )));
+            }
+            stream.extend_from_slice(&page[HEADER_BYTES..HEADER_BYTES + h.payload_bytes as usize]);
+        }
+        let klen = if stream.len() >= 2 {
+            usize::from(u16::from_le_bytes([stream[0], stream[1]]))
+        } else {
+            usize::MAX
+        };
+        if klen == usize::MAX || stream.len() < 2 + klen {
+            return Err(self.corruption(
+                segment_of(id),
+                offset_of(id),
+                "overflow extent shorter than its key",
+            ));
+        }
+        let value = stream.split_off(2 + klen);
+        stream.drain(..2);
+        Ok((stream, value))
+    }
+
+    /// The bytes of a value as a tree holds it.
+    pub fn resolve(&self, key: &[u8], v: Val) -> Result<Vec<u8>> {
+        match v {
+            Val::Inline(b) => Ok(b),
+            Val::Overflow { id, len } => self.read_value(key, id, len),
+            Val::Pending(b) => Ok((*b).clone()),
+        }
+    }
+
+    pub fn resolve_ref(&self, key: &[u8], v: ValRef<'_>) -> Result<Vec<u8>> {
+        match v {
+            ValRef::Inline(b) => Ok(b.to_vec()),
+            ValRef::Overflow { id, len } => self.read_value(key, id, len),
+        }
+    }
+
+    // ---- open and recovery ----
+
+    pub fn open(disk: Arc<dyn Disk>, config: PageStoreConfig) -> Result<Arc<Inner>> {
+        config.validate();
+        let mut segment_ids: Vec<u32> = disk
+            .list()?
+            .iter()
+            .filter_map(|n| parse_segment_file_name(n))
+            .collect();
+        segment_ids.sort_unstable();
+        let superblock = disk.open(SUPERBLOCK_FILE)?;
+        let sb = match newest_superblock(&*superblock)? {
+            Some(sb) => sb,
+            None if segment_ids.is_empty() => {
+                // A new store (or one whose creation crashed before anything was committed).
+                let sb = Superblock {
+                    next_segment: 1,
+                    ..Superblock::default()
+                };
+                superblock.set_len(0)?;
+                superblock.write_all_at(&sb.encode(), 0)?;
+                superblock.sync_data()?;
+                disk.sync_dir()?;
+                sb
+            }
+            None => {
+                return Err(PageStoreError::Corruption {
+                    file: disk.path_of(SUPERBLOCK_FILE),
+                    offset: 0,
+                    detail: "no valid superblock slot, but segment files exist".into(),
+                })
+            }
+        };
+        let mut segments = BTreeMap::new();
+        for &id in &segment_ids {
+            let file = disk.open(&segment_file_name(id))?;
+            let len = file.len()?;
+            segments.insert(
+                id,
+                Segment {
+                    file,
+                    pages: (len / PAGE_BYTES as u64) as u32,
+                    file_bytes: len,
+                    live_bytes: 0,
+                    sealed: true,
+                    dead_since: None,
+                },
+            );
+        }
+        let next_segment = sb
+            .next_segment
+            .max(segment_ids.last().map_or(1, |&id| id + 1));
+        let inner = Arc::new(Inner {
+            cache: PageCache::new(config.cache_bytes),
+            config,
+            committed: Mutex::new(Committed {
+                root: sb.root,
+                height: sb.height,
+                generation: sb.generation,
+                consistent_index: sb.consistent_index,
+                entries: sb.entries,
+                pins: BTreeMap::new(),
+            }),
+            segments: RwLock::new(segments),
+            writer: Mutex::new(WriterState {
+                generation: sb.generation,
+                next_segment,
+                active: 0,
+                active_file: superblock.clone(),
+                active_pages: 0,
+                superblock,
+                poisoned: false,
+            }),
+            cleaner: Mutex::new(()),
+            disk,
+        });
+        inner.recover_accounting(&sb)?;
+        {
+            let mut ws = inner.writer.lock();
+            inner.reclaim_dead(&mut ws)?;
+            inner.start_segment(&mut ws, sb.generation)?;
+        }
+        Ok(inner)
+    }
+
+    /// Recomputes every segment's live bytes by walking the tree from the recovered root: one
+    /// read of every tree page (overflow extents are counted from their leaf pointers, not
+    /// read). Segments the root does not reach are marked dead.
+    fn recover_accounting(&self, sb: &Superblock) -> Result<()> {
+        let mut live: HashMap<u32, u64> = HashMap::new();
+        if sb.root != 0 {
+            self.account(sb.root, &mut live)?;
+        }
+        let mut segs = self.segments.write();
+        for (&seg, &bytes) in &live {
+            let Some(s) = segs.get_mut(&seg) else {
+                return Err(self.corruption(seg, 0, "the root reaches a missing segment"));
+            };
+            let mut header = vec![0u8; PAGE_BYTES];
+            s.file.read_exact_at(&mut header, 0)?;
+            check_segment_header(&header, seg).map_err(|d| self.corruption(seg, 0, d))?;
+            s.live_bytes = bytes;
+        }
+        for s in segs.values_mut() {
+            if s.live_bytes == 0 {
+                s.dead_since = Some(sb.generation);
+            }
+        }
+        Ok(())
+    }
+
+    fn account(&self, id: u64, live: &mut HashMap<u32, u64>) -> Result<()> {
+        let page = self.read_page(id)?;
+        *live.entry(segment_of(id)).or_default() += PAGE_BYTES as u64;
+        if page.is_leaf() {
+            for i in 0..page.len() {
+                if let ValRef::Overflow { id, len } = page.value(i) {
+                    let pages = extent_pages(page.key(i).len(), len as usize);
+                    *live.entry(segment_of(id)).or_default() +=
+                        u64::from(pages) * PAGE_BYTES as u64;
+                }
+            }
+        } else {
+            for i in 0..page.len() {
+                self.account(page.child(i), live)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates the next segment and makes it the active one. Its header is durable and its
+    /// name is in the directory before any root can point into it.
+    fn start_segment(&self, ws: &mut WriterState, generation: u64) -> Result<()> {
+        let id = ws.next_segment;
+        let file = self.disk.open(&segment_file_name(id))?;
+        file.write_all_at(&segment_header_page(id, generation), 0)?;
+        file.sync_data()?;
+        self.disk.sync_dir()?;
+        ws.next_segment += 1;
+        ws.active = id;
+        ws.active_file = file.clone();
+        ws.active_pages = 1;
+        self.segments.write().insert(
+            id,
+            Segment {
+                file,
+                pages: 1,
+                file_bytes: PAGE_BYTES as u64,
+                live_bytes: 0,
+                sealed: false,
+                dead_since: None,
+            },
+        );
+        Ok(())
+    }
+
+    // ---- commit ----
+
+    /// Makes `tree` the durable root with `consistent_index`; see "Commit protocol" in the
+    /// module doc. Any failure poisons the writer: what reached the disk is unknown until a
+    /// reopen runs recovery.
+    /// Returns the bytes of segments deleted after the commit.
+    pub fn commit(
+        &self,
+        ws: &mut WriterState,
+        mut tree: Tree,
+        consistent_index: u64,
+    ) -> Result<u64> {
+        if ws.poisoned {
+            return Err(PageStoreError::Poisoned);
+        }
+        let generation = ws.generation + 1;
+        let written = match self.write_commit(ws, &mut tree, consistent_index, generation) {
+            Ok(w) => w,
+            Err(e) => {
+                ws.poisoned = true;
+                return Err(e);
+            }
+        };
+        self.publish(ws, &tree, consistent_index, generation, written);
+        // Deleting dead segments is housekeeping: a failure here loses nothing and is retried
+        // by the next commit or cleaner step.
+        Ok(self.reclaim_dead(ws).unwrap_or(0))
+    }
+
+    fn write_commit(
+        &self,
+        ws: &mut WriterState,
+        tree: &mut Tree,
+        consistent_index: u64,
+        generation: u64,
+    ) -> Result<Written> {
+        let mut w = SegWriter {
+            inner: self,
+            ws,
+            generation,
+            runs: Vec::new(),
+            new_pages: Vec::new(),
+            sealed: Vec::new(),
+        };
+        let root = match tree.root.as_mut() {
+            Some(r) => flush(r, &mut w)?,
+            None => 0,
+        };
+        // 1. Every page the new root reaches is written and durable ...
+        for run in &w.runs {
+            run.file
+                .write_all_at(&run.bytes, u64::from(run.start) * PAGE_BYTES as u64)?;
+        }
+        for run in &w.runs {
+            run.file.sync_data()?;
+        }
+        let SegWriter {
+            runs,
+            new_pages,
+            sealed,
+            ..
+        } = w;
+        // 2. ... before the superblock that names the root is written and made durable.
+        let sb = Superblock {
+            generation,
+            root,
+            height: tree.height,
+            consistent_index,
+            next_segment: ws.next_segment,
+            active_segment: ws.active,
+            active_end_page: ws.active_pages,
+            entries: tree.entries,
+        };
+        ws.superblock.write_all_at(
+            &sb.encode(),
+            Superblock::slot(generation) * PAGE_BYTES as u64,
+        )?;
+        ws.superblock.sync_data()?;
+        Ok(Written {
+            root,
+            runs: runs
+                .into_iter()
+                .map(|r| (r.seg, r.start, (r.bytes.len() / PAGE_BYTES) as u32))
+                .collect(),
+            new_pages,
+            sealed,
+        })
+    }
+
+    /// Applies a durable commit to memory: live bytes, the segment table, the published root,
+    /// and the cache.
+    fn publish(
+        &self,
+        ws: &mut WriterState,
+        tree: &Tree,
+        consistent_index: u64,
+        generation: u64,
+        written: Written,
+    ) {
+        {
+            let mut segs = self.segments.write();
+            for &(seg, start, pages) in &written.runs {
+                let s = segs.get_mut(&seg).expect("written segment is in the table");
+                s.live_bytes += u64::from(pages) * PAGE_BYTES as u64;
+                s.pages = s.pages.max(start + pages);
+                s.file_bytes = s.file_bytes.max(u64::from(s.pages) * PAGE_BYTES as u64);
+            }
+            for &(id, bytes) in &tree.freed {
+                let s = segs
+                    .get_mut(&segment_of(id))
+                    .expect("a superseded page's segment outlives the root that reached it");
+                s.live_bytes = s.live_bytes.checked_sub(bytes).unwrap_or_else(|| {
+                    panic!("live bytes of segment {} below zero", segment_of(id))
+                });
+            }
+            for seg in &written.sealed {
+                segs.get_mut(seg).unwrap().sealed = true;
+            }
+            for s in segs.values_mut() {
+                if s.sealed && s.live_bytes == 0 && s.dead_since.is_none() {
+                    s.dead_since = Some(generation);
+                }
+            }
+        }
+        {
+            let mut c = self.committed.lock();
+            c.root = written.root;
+            c.height = tree.height;
+            c.generation = generation;
+            c.consistent_index = consistent_index;
+            c.entries = tree.entries;
+        }
+        ws.generation = generation;
+        for (id, bytes) in written.new_pages {
+            if let Ok(page) = Page::decode(bytes.into_boxed_slice(), id) {
+                self.cache.insert(Arc::new(page));
+            }
+        }
+    }
+
+    /// Deletes every segment that the durable root does not reach and no pinned snapshot can:
+    /// dead since generation `g`, with no pin older than `g`. Returns the bytes deleted.
+    /// Takes the writer state only as proof that the writer is held: no root is published
+    /// while the victims are chosen and removed.
+    pub fn reclaim_dead(&self, _writer_held: &mut WriterState) -> Result<u64> {
+        let (generation, oldest_pin) = {
+            let c = self.committed.lock();
+            (c.generation, c.pins.keys().next().copied())
+        };
+        let victims: Vec<u32> = self
+            .segments
+            .read()
+            .iter()
+            .filter(|(_, s)| {
+                s.dead_since.is_some_and(|g| {
+                    g <= generation && oldest_pin.is_none_or(|p| p >= g) && s.live_bytes == 0
+                })
+            })
+            .map(|(&id, _)| id)
+            .collect();
+        let mut freed = 0;
+        for &seg in &victims {
+            match self.disk.remove(&segment_file_name(seg)) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e.into()),
+                _ => {}
+            }
+            if let Some(s) = self.segments.write().remove(&seg) {
+                freed += s.file_bytes;
+            }
+        }
+        if !victims.is_empty() {
+            self.disk.sync_dir()?;
+        }
+        Ok(freed)
+    }
+
+    pub fn pin(&self) -> (Committed, u64) {
+        let mut c = self.committed.lock();
+        let g = c.generation;
+        *c.pins.entry(g).or_default() += 1;
+        (c.clone_without_pins(), g)
+    }
+
+    pub fn unpin(&self, generation: u64) {
+        let mut c = self.committed.lock();
+        let n = c
+            .pins
+            .get_mut(&generation)
+            .expect("unpin of a pinned generation");
+        *n -= 1;
+        if *n == 0 {
+            c.pins.remove(&generation);
+        }
+    }
+}
+
+impl Committed {
+    fn clone_without_pins(&self) -> Committed {
+        Committed {
+            pins: BTreeMap::new(),
+            ..*self
+        }
+    }
+}
+
+/// The newest superblock slot whose checksum holds, if any.
+fn newest_superblock(file: &dyn DiskFile) -> Result<Option<Superblock>> {
+    let len = file.len()?;
+    let mut best: Option<Superblock> = None;
+    for slot in 0..2u64 {
+        if len < (slot + 1) * PAGE_BYTES as u64 {
+            continue;
+        }
+        let mut buf = vec![0u8; PAGE_BYTES];
+        file.read_exact_at(&mut buf, slot * PAGE_BYTES as u64)?;
+        if let Some(sb) = Superblock::decode(&buf) {
+            if best.is_none_or(|b| sb.generation > b.generation) {
+                best = Some(sb);
+            }
+        }
+    }
+    Ok(best)
+}
+
+struct Written {
+    root: u64,
+    /// `(segment, first page, pages)` appended by the commit.
+    runs: Vec<(u32, u32, u32)>,
+    new_pages: Vec<(u64, Vec<u8>)>,
+    sealed: Vec<u32>,
+}
+
+/// Lays a commit's pages out at the tail of the log, in memory, rolling to a new segment when
+/// the active one reaches `segment_bytes`.
+struct SegWriter<'a> {
+    inner: &'a Inner,
+    ws: &'a mut WriterState,
+    generation: u64,
+    runs: Vec<Run>,
+    new_pages: Vec<(u64, Vec<u8>)>,
+    sealed: Vec<u32>,
+}
+
+struct Run {
+    seg: u32,
+    file: Arc<dyn DiskFile>,
+    start: u32,
+    bytes: Vec<u8>,
+}
+
+impl SegWriter<'_> {
+    /// Reserves `pages` contiguous pages in one segment. An extent longer than a segment gets
+    /// a segment of its own that is longer than `segment_bytes`.
+    fn alloc(&mut self, pages: u32) -> Result<u64> {
+        let target = self.inner.config.segment_pages();
+        if self.ws.active_pages > 1 && self.ws.active_pages + pages > target {
+            self.sealed.push(self.ws.active);
+            self.inner.start_segment(self.ws, self.generation)?;
+        }
+        let id = page_id(self.ws.active, self.ws.active_pages);
+        self.ws.active_pages += pages;
+        if self.runs.last().is_none_or(|r| r.seg != self.ws.active) {
+            self.runs.push(Run {
+                seg: self.ws.active,
+                file: self.ws.active_file.clone(),
+                start: index_of(id),
+                bytes: Vec::new(),
+            });
+        }
+        Ok(id)
+    }
+
+    fn append(&mut self, id: u64, bytes: &[u8]) {
+        let run = self.runs.last_mut().unwrap();
+        assert_eq!(
+            run.start as usize + run.bytes.len() / PAGE_BYTES,
+            index_of(id) as usize,
+            "pages are appended in allocation order"
+        );
+        run.bytes.extend_from_slice(bytes);
+    }
+}
+
+impl NodeWriter for SegWriter<'_> {
+    fn write_overflow(&mut self, key: &[u8], value: &[u8]) -> Result<u64> {
+        let pages = extent_pages(key.len(), value.len());
+        let id = self.alloc(pages)?;
+        let mut stream = Vec::with_capacity(2 + key.len() + value.len());
+        stream.extend_from_slice(&(key.len() as u16).to_le_bytes());
+        stream.extend_from_slice(key);
+        stream.extend_from_slice(value);
+        let mut extent = vec![0u8; pages as usize * PAGE_BYTES];
+        for (i, (page, chunk)) in extent
+            .chunks_mut(PAGE_BYTES)
+            .zip(stream.chunks(PAYLOAD_BYTES))
+            .enumerate()
+        {
+            page[HEADER_BYTES..HEADER_BYTES + chunk.len()].copy_from_slice(chunk);
+            let head = i == 0;
+            seal_page(
+                page,
+                &Header {
+                    kind: if head {
+                        Kind::OverflowHead
+                    } else {
+                        Kind::OverflowTail
+                    },
+                    level: 0,
+                    count: 0,
+                    id: id + i as u64,
+                    generation: self.generation,
+                    payload_bytes: chunk.len() as u32,
+                    extent: if head { pages } else { i as u32 },
+                },
+            );
+        }
+        self.append(id, &extent);
+        Ok(id)
+    }
+
+    fn write_leaf(&mut self, entries: &[(Vec<u8>, Val)]) -> Result<u64> {
+        let id = self.alloc(1)?;
+        let page = encode_leaf(entries, id, self.generation);
+        self.append(id, &page);
+        self.new_pages.push((id, page));
+        Ok(id)
+    }
+
+    fn write_branch(&mut self, level: u8, seps: &[Vec<u8>], children: &[u64]) -> Result<u64> {
+        let id = self.alloc(1)?;
+        let page = encode_branch(level, seps, children, id, self.generation);
+        self.append(id, &page);
+        self.new_pages.push((id, page));
+        Ok(id)
+    }
+}

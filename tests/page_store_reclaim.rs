@@ -1,0 +1,111 @@
+//! Online space reclamation: overwriting a working set many times while the cleaner runs keeps
+//! the files within twice the live data, and writes go on throughout.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use ringkv::page_store::{PageStore, PageStoreConfig, SimDisk};
+
+const KEYS: u32 = 1500;
+const ROUNDS: u32 = 30;
+
+fn key(i: u32) -> Vec<u8> {
+    format!("user/{:08}", i.wrapping_mul(2_654_435_761) % 100_000_000).into_bytes()
+}
+
+fn value(i: u32, round: u32) -> Vec<u8> {
+    let len = if i % 50 == 0 { 6000 } else { 300 };
+    vec![(i + round) as u8; len]
+}
+
+#[test]
+fn overwriting_a_working_set_with_a_concurrent_cleaner_keeps_files_within_2x_live() {
+    let config = PageStoreConfig {
+        cache_bytes: 256 << 10,
+        segment_bytes: 128 << 10,
+        clean_live_percent_max: 75,
+    };
+    let store = PageStore::open_on(Arc::new(SimDisk::new()), config).unwrap();
+    let done = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (store, done) = (store.clone(), done.clone());
+        std::thread::spawn(move || {
+            let mut ci = 0;
+            for round in 0..ROUNDS {
+                for chunk in (0..KEYS).collect::<Vec<_>>().chunks(40) {
+                    let mut txn = store.begin_write();
+                    for &i in chunk {
+                        txn.put(&key(i), &value(i, round)).unwrap();
+                    }
+                    ci += 1;
+                    txn.commit(ci).unwrap();
+                }
+            }
+            done.store(true, Ordering::Relaxed);
+            ci
+        })
+    };
+    let mut peak_file_bytes = 0;
+    let mut cleaned = 0;
+    while !done.load(Ordering::Relaxed) {
+        cleaned += store.clean(2).unwrap().segments_cleaned;
+        peak_file_bytes = peak_file_bytes.max(store.space().file_bytes);
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    let commits = writer.join().unwrap();
+    for _ in 0..100 {
+        let report = store.clean(4).unwrap();
+        cleaned += report.segments_cleaned;
+        if report.segments_cleaned == 0 && report.bytes_freed == 0 {
+            break;
+        }
+    }
+    let space = store.space();
+    let data_bytes: u64 = (0..KEYS).map(|i| value(i, 0).len() as u64).sum();
+    eprintln!(
+        "commits {commits}, segments cleaned {cleaned}, peak file bytes {peak_file_bytes}, \
+         {space:?}, data bytes {data_bytes}"
+    );
+    assert!(cleaned > 0);
+    assert!(space.live_bytes >= data_bytes);
+    assert!(
+        space.file_bytes <= 2 * space.live_bytes,
+        "files {} bytes for {} live bytes",
+        space.file_bytes,
+        space.live_bytes
+    );
+    store.check_integrity().unwrap();
+    let snap = store.snapshot();
+    for i in 0..KEYS {
+        assert_eq!(snap.get(&key(i)).unwrap(), Some(value(i, ROUNDS - 1)));
+    }
+}
+
+#[test]
+fn a_background_cleaner_keeps_up_with_a_writer() {
+    let config = PageStoreConfig {
+        cache_bytes: 256 << 10,
+        segment_bytes: 128 << 10,
+        clean_live_percent_max: 75,
+    };
+    let store = PageStore::open_on(Arc::new(SimDisk::new()), config).unwrap();
+    let cleaner = store.spawn_cleaner(std::time::Duration::from_millis(1), 4);
+    let mut ci = 0;
+    for round in 0..10 {
+        for chunk in (0..KEYS).collect::<Vec<_>>().chunks(100) {
+            let mut txn = store.begin_write();
+            for &i in chunk {
+                txn.put(&key(i), &value(i, round)).unwrap();
+            }
+            ci += 1;
+            txn.commit(ci).unwrap();
+        }
+    }
+    let report = cleaner.stop().unwrap();
+    assert!(report.segments_cleaned > 0, "{report:?}");
+    store.check_integrity().unwrap();
+    let snap = store.snapshot();
+    for i in 0..KEYS {
+        assert_eq!(snap.get(&key(i)).unwrap(), Some(value(i, 9)));
+    }
+}
