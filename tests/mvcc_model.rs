@@ -82,8 +82,7 @@ impl Model {
     fn entry_at(&self, key: &[u8], rev: i64) -> Option<(Rev, Option<KeyValue>)> {
         self.versions
             .iter()
-            .filter(|((k, r), _)| k == key && r.0 <= rev)
-            .last()
+            .rfind(|((k, r), _)| k == key && r.0 <= rev)
             .map(|((_, r), v)| (*r, v.clone()))
     }
 
@@ -148,7 +147,9 @@ impl Model {
             kvs.truncate(o.limit as usize);
         }
         if o.keys_only {
-            kvs.iter_mut().for_each(|kv| kv.value.clear());
+            for kv in &mut kvs {
+                kv.value.clear();
+            }
         }
         Ok(RangeResult {
             kvs,
@@ -440,27 +441,31 @@ macro_rules! io {
 
 /// Runs one random operation on the store and the model, checking that their answers agree.
 /// `pending` tracks whether a physical compaction may be unfinished.
-fn step(rng: &mut StdRng, s: &Mvcc, m: &Model, pending: &mut bool, ci: &mut u64) -> Step {
+fn step(rng: &mut StdRng, store: &Mvcc, model: &Model, pending: &mut bool, ci: &mut u64) -> Step {
     match rng.gen_range(0..100) {
-        0..=44 => txn_step(rng, s, m, ci),
+        0..=44 => txn_step(rng, store, model, ci),
         45..=64 => {
-            let k = key(rng);
-            let e = range_end(rng, &k);
-            let o = options(rng, m);
-            let want = m.range(&k, &e, &o);
-            let got = match s.range(&k, &e, &o) {
-                Err(MvccError::Store(_)) => return Step::Failed { after: m.clone() },
+            let start = key(rng);
+            let end = range_end(rng, &start);
+            let opts = options(rng, model);
+            let want = model.range(&start, &end, &opts);
+            let got = match store.range(&start, &end, &opts) {
+                Err(MvccError::Store(_)) => {
+                    return Step::Failed {
+                        after: model.clone(),
+                    }
+                }
                 r => r.map_err(|e| err_kind(&e)),
             };
-            assert_eq!(got, want, "range {k:x?}..{e:x?} {o:?}");
-            Step::Done(m.clone())
+            assert_eq!(got, want, "range {start:x?}..{end:x?} {opts:?}");
+            Step::Done(model.clone())
         }
         65..=72 => {
-            let rev = rev_near(rng, m);
-            let mut after = m.clone();
+            let rev = rev_near(rng, model);
+            let mut after = model.clone();
             let want = after.compact(rev);
             if rng.gen_bool(0.5) {
-                let got = s.compact(rev);
+                let got = store.compact(rev);
                 if want.is_ok() {
                     *pending = false;
                 }
@@ -470,7 +475,7 @@ fn step(rng: &mut StdRng, s: &Mvcc, m: &Model, pending: &mut bool, ci: &mut u64)
                 }
             } else {
                 *ci += 1;
-                match s.schedule_compaction(rev, *ci) {
+                match store.schedule_compaction(rev, *ci) {
                     Err(MvccError::Store(_)) => return Step::Failed { after },
                     got => assert_eq!(got.map_err(|e| err_kind(&e)), want, "schedule {rev}"),
                 }
@@ -479,17 +484,17 @@ fn step(rng: &mut StdRng, s: &Mvcc, m: &Model, pending: &mut bool, ci: &mut u64)
             Step::Done(after)
         }
         73..=79 => {
-            let done = io!(s.compact_step(), m.clone());
+            let done = io!(store.compact_step(), model.clone());
             if done {
                 *pending = false;
             }
-            Step::Done(m.clone())
+            Step::Done(model.clone())
         }
         80..=89 => {
-            let from = rev_near(rng, m);
+            let from = rev_near(rng, model);
             // While a physical compaction is pending, changes at exactly the compacted revision may
             // still include what it is about to delete.
-            let from = if *pending && from == m.compacted {
+            let from = if *pending && from == model.compacted {
                 from + 1
             } else {
                 from
@@ -497,62 +502,72 @@ fn step(rng: &mut StdRng, s: &Mvcc, m: &Model, pending: &mut bool, ci: &mut u64)
             let to = if rng.gen_bool(0.5) {
                 0
             } else {
-                rev_near(rng, m)
+                rev_near(rng, model)
             };
-            let want = m.changes(from, to);
-            let got = match s.changes(from, to) {
-                Err(MvccError::Store(_)) => return Step::Failed { after: m.clone() },
+            let want = model.changes(from, to);
+            let got = match store.changes(from, to) {
+                Err(MvccError::Store(_)) => {
+                    return Step::Failed {
+                        after: model.clone(),
+                    }
+                }
                 r => r.map_err(|e| err_kind(&e)),
             };
             assert_eq!(got, want, "changes {from}..{to}");
-            Step::Done(m.clone())
+            Step::Done(model.clone())
         }
-        _ => match diff(s, m, !*pending) {
-            Ok(()) => Step::Done(m.clone()),
-            Err(Diff::Io(_)) => Step::Failed { after: m.clone() },
+        _ => match diff(store, model, !*pending) {
+            Ok(()) => Step::Done(model.clone()),
+            Err(Diff::Io(_)) => Step::Failed {
+                after: model.clone(),
+            },
             Err(Diff::Mismatch(e)) => panic!("full comparison: {e}"),
         },
     }
 }
 
-fn txn_step(rng: &mut StdRng, s: &Mvcc, m: &Model, ci: &mut u64) -> Step {
-    let mut txn = s.write();
-    let mut mt = ModelTxn::new(m);
+fn txn_step(rng: &mut StdRng, store: &Mvcc, model: &Model, ci: &mut u64) -> Step {
+    let mut txn = store.write();
+    let mut mt = ModelTxn::new(model);
     for _ in 0..rng.gen_range(1..=4) {
         match rng.gen_range(0..10) {
             0..=5 => {
-                let (k, v, lease) = (key(rng), value(rng), [0, 0, 7][rng.gen_range(0..3)]);
-                let want = mt.put(&k, &v, lease);
-                let got = io!(txn.put(&k, &v, lease), m.clone());
-                assert_eq!(got, want, "put {k:x?}");
+                let (start, v, lease) = (key(rng), value(rng), [0, 0, 7][rng.gen_range(0..3)]);
+                let want = mt.put(&start, &v, lease);
+                let got = io!(txn.put(&start, &v, lease), model.clone());
+                assert_eq!(got, want, "put {start:x?}");
             }
             6..=8 => {
-                let k = key(rng);
-                let e = if rng.gen_bool(0.5) {
+                let start = key(rng);
+                let end = if rng.gen_bool(0.5) {
                     Vec::new()
                 } else {
-                    range_end(rng, &k)
+                    range_end(rng, &start)
                 };
-                let want = mt.delete_range(&k, &e);
-                let got = io!(txn.delete_range(&k, &e), m.clone());
-                assert_eq!(got, want, "delete_range {k:x?}..{e:x?}");
+                let want = mt.delete_range(&start, &end);
+                let got = io!(txn.delete_range(&start, &end), model.clone());
+                assert_eq!(got, want, "delete_range {start:x?}..{end:x?}");
             }
             _ => {
-                let k = key(rng);
-                let e = range_end(rng, &k);
-                let o = options(rng, &mt.m);
-                let want = mt.range(&k, &e, &o);
-                let got = match txn.range(&k, &e, &o) {
-                    Err(MvccError::Store(_)) => return Step::Failed { after: m.clone() },
+                let start = key(rng);
+                let end = range_end(rng, &start);
+                let opts = options(rng, &mt.m);
+                let want = mt.range(&start, &end, &opts);
+                let got = match txn.range(&start, &end, &opts) {
+                    Err(MvccError::Store(_)) => {
+                        return Step::Failed {
+                            after: model.clone(),
+                        }
+                    }
                     r => r.map_err(|e| err_kind(&e)),
                 };
-                assert_eq!(got, want, "txn range {k:x?}..{e:x?} {o:?}");
+                assert_eq!(got, want, "txn range {start:x?}..{end:x?} {opts:?}");
             }
         }
     }
     if rng.gen_bool(0.1) {
         drop(txn);
-        return Step::Done(m.clone());
+        return Step::Done(model.clone());
     }
     let (after, want_rev) = mt.commit();
     *ci += 1;
@@ -628,16 +643,14 @@ fn run_crash_seed(seed: u64) {
         s = open(store);
         s.check_integrity().unwrap();
         let results: Vec<_> = candidates.iter().map(|c| diff(&s, c, true)).collect();
-        match results.iter().position(Result::is_ok) {
-            Some(i) => m = candidates[i].clone(),
-            None => {
-                let why: Vec<String> = results
-                    .iter()
-                    .filter_map(|r| r.as_ref().err().map(ToString::to_string))
-                    .collect();
-                panic!("crash {crash}: recovered store matches neither model: {why:?}")
-            }
-        }
+        let Some(i) = results.iter().position(Result::is_ok) else {
+            let why: Vec<String> = results
+                .iter()
+                .filter_map(|r| r.as_ref().err().map(ToString::to_string))
+                .collect();
+            panic!("crash {crash}: recovered store matches neither model: {why:?}")
+        };
+        m = candidates[i].clone();
         ci = ci.max(s.page_store().consistent_index());
         disk = image;
     }
