@@ -38,6 +38,10 @@
 //! - the revision table lists every stored version in commit order, which is what `changes`
 //!   (watch replay) and physical compaction walk.
 //!
+//! The page store bounds key length (`PageStoreError::KeyTooLarge` from the real store), and a
+//! version key is the user key plus 19 bytes plus one byte per NUL in it; the API layer must
+//! reject longer keys before they reach a transaction.
+//!
 //! Every version has exactly one revision-table entry and vice versa; both are written and
 //! deleted in the same page-store commit. `current_rev` is written in the commit of its
 //! revision, `compacted_rev` in the commit that accepts a compaction.

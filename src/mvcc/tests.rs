@@ -258,6 +258,27 @@ fn sort_descend_sorts_everything_then_limits() {
     assert_eq!((keys(&r), r.more), (vec![&b"a"[..], b"b"], true));
 }
 
+/// etcd fetches everything only when the sort order is not NONE (or a filter is set); with a
+/// non-KEY target, order NONE and a limit, it sorts just the first `limit + 1` keys by key and
+/// then truncates (etcdserver/txn/range.go: rangeLimit, sortRangeResults). Kept bug-compatible.
+#[test]
+fn sort_order_none_with_another_target_sorts_only_the_fetched_keys() {
+    let m = abcde();
+    let opts = RangeOptions {
+        limit: 1,
+        sort_target: SortTarget::Value,
+        ..RangeOptions::default()
+    };
+    let r = m.range(b"a", b"\x00", &opts).unwrap();
+    // a..b fetched (values "5", "4"), sorted by value: b first; e ("0") never fetched.
+    assert_eq!((keys(&r), r.count, r.more), (vec![&b"b"[..]], 5, true));
+    let opts = RangeOptions {
+        sort_order: SortOrder::Ascend,
+        ..opts
+    };
+    assert_eq!(keys(&m.range(b"a", b"\x00", &opts).unwrap()), [b"e"]);
+}
+
 #[test]
 fn revision_filters_apply_after_fetching_and_do_not_change_count() {
     let m = abcde();
