@@ -9,7 +9,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
-use ringkv::mvcc::{Mvcc, MvccError, RangeOptions};
+use ringkv::mvcc::{Mvcc, MvccConfig, MvccError, RangeOptions};
 use ringkv::page_store::{PageStore, PageStoreConfig};
 
 const DIR_ENV: &str = "RINGKV_MVCC_SIGKILL_DIR";
@@ -63,7 +63,13 @@ fn sigkill_child() {
         return;
     };
     let cycle: u64 = std::env::var(CYCLE_ENV).unwrap().parse().unwrap();
-    let mvcc = open(&PathBuf::from(dir));
+    // Small compaction batches, so that kills also land between the batches of a compaction.
+    let store = PageStore::open(dir, PageStoreConfig::default()).expect("open page store");
+    let config = MvccConfig {
+        compaction_batch_entries: 8,
+        ..MvccConfig::default()
+    };
+    let mvcc = Mvcc::open_with(store, config).expect("open mvcc");
     let mut rng = rand::rngs::StdRng::seed_from_u64(cycle);
     let mut out = std::io::stdout().lock();
     let started = Instant::now();
@@ -83,7 +89,7 @@ fn sigkill_child() {
         let rev = txn.commit(consistent_index).unwrap();
         writeln!(out, "ACK {} {rev} {}", hex(&key), hex(&value)).unwrap();
         out.flush().unwrap();
-        if i % 16 == 15 {
+        if i % 8 == 7 {
             match mvcc.compact(rev - 8) {
                 Ok(()) | Err(MvccError::Compacted) => {}
                 Err(e) => panic!("compact: {e}"),
@@ -160,8 +166,8 @@ fn sigkill_loop() {
         });
         // Kill after a random number of acknowledgements or a random time, whichever first,
         // so that some kills land mid-commit and some mid-compaction.
-        let wait_acks = rng.gen_range(0..40);
-        let deadline = Instant::now() + Duration::from_millis(rng.gen_range(5..150));
+        let wait_acks = rng.gen_range(0..120);
+        let deadline = Instant::now() + Duration::from_millis(rng.gen_range(5..300));
         let mut seen = 0;
         while seen < wait_acks {
             let left = deadline.saturating_duration_since(Instant::now());
