@@ -667,8 +667,6 @@ fn run_crash_seed(seed: u64) -> u64 {
 }
 
 #[test]
-#[ignore = "needs the real page store: the placeholder keeps nothing on disk, so a crash image \
-            reopens empty; un-ignore when the log-structured store is merged"]
 fn store_agrees_with_the_model_across_crashes() {
     let mut interrupted = 0;
     let seeds = seeds(60);

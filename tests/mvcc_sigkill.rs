@@ -127,8 +127,6 @@ fn check(mvcc: &Mvcc, acks: &[Ack]) {
 }
 
 #[test]
-#[ignore = "needs the real page store: the placeholder keeps nothing on disk, so every restart \
-            finds an empty store; un-ignore when the log-structured store is merged"]
 fn sigkill_loop() {
     let started = Instant::now();
     let dir = tempfile::tempdir().unwrap();
