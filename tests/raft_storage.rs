@@ -8,11 +8,12 @@ use ringkv::raft::{LogStore, RaftError};
 use ringkv::wal::{self, Record};
 
 fn entry(index: u64, term: u64, data: &[u8]) -> Entry {
-    let mut e = Entry::default();
-    e.index = index;
-    e.term = term;
-    e.data = data.to_vec().into();
-    e
+    Entry {
+        index,
+        term,
+        data: data.to_vec().into(),
+        ..Entry::default()
+    }
 }
 
 fn conf() -> ConfState {
@@ -42,8 +43,8 @@ fn indexes(entries: &[Entry]) -> Vec<u64> {
     entries.iter().map(|e| e.index).collect()
 }
 
-fn is_store_err(r: raft::Result<impl std::fmt::Debug>, want: &StorageError) -> bool {
-    matches!(r, Err(raft::Error::Store(ref e)) if e == want)
+fn is_store_err<T>(r: &raft::Result<T>, want: &StorageError) -> bool {
+    matches!(r, Err(raft::Error::Store(e)) if e == want)
 }
 
 #[test]
@@ -52,13 +53,13 @@ fn empty_store_is_truncated_at_zero() {
     assert_eq!(s.first_index().unwrap(), 1);
     assert_eq!(s.last_index().unwrap(), 0);
     assert_eq!(s.term(0).unwrap(), 0);
-    assert!(is_store_err(s.term(1), &StorageError::Unavailable));
+    assert!(is_store_err(&s.term(1), &StorageError::Unavailable));
     assert!(s.entries(1, 1, None, ctx()).unwrap().is_empty());
     let state = s.initial_state().unwrap();
     assert_eq!(state.hard_state, HardState::default());
     assert_eq!(state.conf_state.voters, vec![1]);
     assert!(is_store_err(
-        s.snapshot(0, 2),
+        &s.snapshot(0, 2),
         &StorageError::SnapshotTemporarilyUnavailable
     ));
 }
@@ -68,22 +69,25 @@ fn term_keeps_the_snapshot_term_and_refuses_outside_the_log() {
     let s = store_3_to_5();
     assert_eq!(s.first_index().unwrap(), 3);
     assert_eq!(s.last_index().unwrap(), 5);
-    assert!(is_store_err(s.term(1), &StorageError::Compacted));
+    assert!(is_store_err(&s.term(1), &StorageError::Compacted));
     assert_eq!(s.term(2).unwrap(), 2, "term of the compacted index is kept");
     assert_eq!(s.term(3).unwrap(), 3);
     assert_eq!(s.term(5).unwrap(), 5);
-    assert!(is_store_err(s.term(6), &StorageError::Unavailable));
+    assert!(is_store_err(&s.term(6), &StorageError::Unavailable));
 }
 
 #[test]
 fn entries_honours_range_and_max_size() {
     let s = store_3_to_5();
     assert!(is_store_err(
-        s.entries(2, 4, None, ctx()),
+        &s.entries(2, 4, None, ctx()),
         &StorageError::Compacted
     ));
     assert_eq!(indexes(&s.entries(3, 4, None, ctx()).unwrap()), vec![3]);
-    assert_eq!(indexes(&s.entries(3, 6, None, ctx()).unwrap()), vec![3, 4, 5]);
+    assert_eq!(
+        indexes(&s.entries(3, 6, None, ctx()).unwrap()),
+        vec![3, 4, 5]
+    );
     assert_eq!(indexes(&s.entries(4, 6, None, ctx()).unwrap()), vec![4, 5]);
     assert!(s.entries(6, 6, None, ctx()).unwrap().is_empty());
     // At least one entry however small the limit; then as many as fit.
@@ -132,9 +136,13 @@ fn append_rewrites_the_tail_and_compact_moves_the_marker() {
     s.compact(5);
     assert_eq!(s.first_index().unwrap(), 6);
     assert_eq!(s.term(5).unwrap(), 6);
-    assert!(is_store_err(s.term(4), &StorageError::Compacted));
+    assert!(is_store_err(&s.term(4), &StorageError::Compacted));
     s.compact(3);
-    assert_eq!(s.first_index().unwrap(), 6, "compacting below the marker is a no-op");
+    assert_eq!(
+        s.first_index().unwrap(),
+        6,
+        "compacting below the marker is a no-op"
+    );
     s.compact(7);
     assert_eq!(s.first_index().unwrap(), 8);
     assert_eq!(s.last_index().unwrap(), 7);
