@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use ringkv::raft::{self, Committed, RaftConfig, RaftError, RaftHandle, StateMachine};
+use ringkv::wal::Record;
 
 /// What the toy state machine has applied, shared with the test.
 #[derive(Clone, Default)]
@@ -317,4 +318,156 @@ fn refuses_bad_proposals_and_foreign_wals() {
         raft::start(bad, ToySm::boxed(Applied::default(), 0)),
         Err(RaftError::InvalidConfig(_))
     ));
+}
+
+/// `None`: nothing blocked yet; `Some(false)`: `apply` is blocked; `Some(true)`: open.
+type Gate = Arc<(Mutex<Option<bool>>, parking_lot::Condvar)>;
+
+/// Blocks in `apply` on an entry `"block"` until the test opens the gate.
+struct GateSm {
+    gate: Gate,
+    applied: u64,
+}
+
+impl StateMachine for GateSm {
+    fn apply(&mut self, entries: &[Committed]) -> Vec<Vec<u8>> {
+        for e in entries {
+            if e.data == b"block" {
+                let (state, cv) = &*self.gate;
+                let mut state = state.lock();
+                *state = Some(false); // "the loop is blocked"
+                while *state != Some(true) {
+                    cv.wait(&mut state);
+                }
+            }
+            assert!(e.data != b"boom", "the state machine fails on boom");
+            self.applied = e.index;
+        }
+        entries.iter().map(|e| e.data.clone()).collect()
+    }
+
+    fn applied_index(&self) -> u64 {
+        self.applied
+    }
+}
+
+fn gate_sm() -> (Box<dyn StateMachine>, Gate) {
+    let gate = Arc::new((Mutex::new(None), parking_lot::Condvar::new()));
+    let sm = GateSm {
+        gate: gate.clone(),
+        applied: 0,
+    };
+    (Box::new(sm), gate)
+}
+
+/// With the loop stuck in `apply`, the queue fills to exactly `proposal_queue_depth`: then
+/// `try_propose` fails with `Overloaded` and `propose` waits; once the loop moves, every queued
+/// proposal and the waiting one complete.
+#[test]
+fn full_queue_makes_propose_wait_and_try_propose_fail() {
+    let dir = tempfile::tempdir().unwrap();
+    let (sm, gate) = gate_sm();
+    let cfg = config(dir.path());
+    let depth = cfg.proposal_queue_depth;
+    let handle = raft::start(cfg, sm).unwrap();
+    let blocker = std::thread::spawn({
+        let handle = handle.clone();
+        move || block_on(handle.propose(b"block".to_vec()))
+    });
+    while gate.0.lock().is_none() {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let queued: Vec<_> = (0..depth)
+        .map(|i| handle.try_propose(format!("q{i}").into_bytes()))
+        .collect();
+    assert!(matches!(
+        futures::FutureExt::now_or_never(handle.try_propose(b"one too many".to_vec())),
+        Some(Err(RaftError::Overloaded { depth: d })) if d == depth
+    ));
+    let waiting = std::thread::spawn({
+        let handle = handle.clone();
+        move || block_on(handle.propose(b"waits".to_vec()))
+    });
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(!waiting.is_finished(), "propose waits for room");
+    *gate.0.lock() = Some(true);
+    gate.1.notify_all();
+    assert_eq!(blocker.join().unwrap().unwrap(), b"block");
+    for (i, reply) in block_on(futures::future::join_all(queued))
+        .into_iter()
+        .enumerate()
+    {
+        assert_eq!(reply.unwrap(), format!("q{i}").into_bytes());
+    }
+    assert_eq!(waiting.join().unwrap().unwrap(), b"waits");
+    handle.shutdown();
+}
+
+/// A panic in the state machine stops the member: the proposer and every later caller get
+/// `Stopped` instead of waiting forever, and `shutdown` returns.
+#[test]
+fn state_machine_panic_stops_the_member() {
+    let dir = tempfile::tempdir().unwrap();
+    let (sm, _gate) = gate_sm();
+    let handle = raft::start(config(dir.path()), sm).unwrap();
+    block_on(handle.propose(b"fine".to_vec())).unwrap();
+    assert!(matches!(
+        block_on(handle.propose(b"boom".to_vec())),
+        Err(RaftError::Stopped)
+    ));
+    assert!(matches!(
+        block_on(handle.propose(b"after".to_vec())),
+        Err(RaftError::Stopped)
+    ));
+    assert!(matches!(
+        block_on(handle.read_index()),
+        Err(RaftError::Stopped)
+    ));
+    handle.shutdown();
+}
+
+/// A log written by hand: entries 1..=10 of term 1 (1 is the leader's no-op), hard state commit
+/// 3 (the commit index is persisted lazily, so it may lag what was applied). A state machine at
+/// 6 gets exactly 7..=10; one at 2 gets 3..=10; the no-op is never passed.
+#[test]
+fn restart_passes_over_entries_between_persisted_commit_and_applied_index() {
+    for (sm_applied, expect_first) in [(6u64, 7u64), (2, 3), (0, 2), (10, 11)] {
+        let dir = tempfile::tempdir().unwrap();
+        let wal_dir = dir.path().join("wal");
+        let (wal, _) = ringkv::wal::Wal::open(&wal_dir, config(dir.path()).wal).unwrap();
+        let mut records = vec![
+            Record::Metadata {
+                member_id: 1,
+                cluster_id: 0xc1,
+            },
+            Record::HardState {
+                term: 1,
+                vote: 1,
+                commit: 3,
+            },
+        ];
+        for index in 1..=10u64 {
+            let mut data = vec![0u8]; // entry type: normal
+            if index > 1 {
+                data.extend_from_slice(format!("e{index}").as_bytes());
+            }
+            records.push(Record::Entry {
+                index,
+                term: 1,
+                data,
+            });
+        }
+        block_on(wal.append(records)).unwrap();
+        wal.close().unwrap();
+
+        let log = Applied::default();
+        let handle = start(dir.path(), &log, sm_applied);
+        block_on(handle.read_index()).unwrap();
+        let want: Vec<u64> = (expect_first..=10).collect();
+        assert_eq!(log.indexes(), want, "state machine at {sm_applied}");
+        for c in log.0.lock().iter() {
+            assert_eq!(c.data, format!("e{}", c.index).into_bytes());
+        }
+        handle.shutdown();
+    }
 }

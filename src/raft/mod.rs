@@ -148,6 +148,12 @@ pub struct RaftHandle {
     inner: Arc<HandleInner>,
 }
 
+const _: () = {
+    const fn send_sync<T: Send + Sync>() {}
+    send_sync::<RaftHandle>();
+    send_sync::<RaftError>();
+};
+
 impl std::fmt::Debug for RaftHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RaftHandle")
