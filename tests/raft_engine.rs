@@ -186,6 +186,11 @@ fn read_index_reflects_prior_writes() {
     for r in block_on(futures::future::join_all(reads)) {
         r.unwrap();
     }
+    block_on(handle.shutdown_async());
+    assert!(matches!(
+        block_on(handle.read_index()),
+        Err(RaftError::Stopped)
+    ));
     handle.shutdown();
 }
 
@@ -216,9 +221,12 @@ fn restart_reapplies_entries_above_the_state_machines_index() {
     let (k_index, _) = acked[k - 1].clone();
     let log2 = Applied(Arc::new(Mutex::new(first_run[..k].to_vec())));
     let handle = start(dir.path(), &log2, k_index);
-    block_on(handle.read_index()).unwrap();
+    // `start` returns with the member elected and the committed log replayed.
+    assert_eq!(handle.status().leader_id, 1);
     let replayed = log2.0.lock().clone();
     assert_eq!(replayed, first_run, "K+1..=N re-applied once, in order");
+    block_on(handle.read_index()).unwrap();
+    assert_eq!(log2.0.lock().len(), n);
     // New proposals follow the replayed ones.
     let reply = block_on(handle.propose(b"after".to_vec())).unwrap();
     assert!(reply_index(&reply, b"after") > acked[n - 1].0);

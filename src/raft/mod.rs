@@ -101,14 +101,24 @@ pub struct RaftStatus {
 struct Shared {
     queue: RequestQueue,
     status: Mutex<RaftStatus>,
-    /// Set when the raft thread has finished (after the WAL writer stopped).
-    finished: Mutex<bool>,
+    finished: Mutex<Finished>,
     finished_cv: Condvar,
+}
+
+/// Whether the raft thread has finished (after the WAL writer stopped), and who waits for it.
+#[derive(Default)]
+struct Finished {
+    done: bool,
+    async_waiters: Vec<futures::channel::oneshot::Sender<()>>,
 }
 
 impl Shared {
     fn mark_finished(&self) {
-        *self.finished.lock() = true;
+        let mut finished = self.finished.lock();
+        finished.done = true;
+        for w in finished.async_waiters.drain(..) {
+            let _ = w.send(());
+        }
         self.finished_cv.notify_all();
     }
 }
@@ -252,8 +262,31 @@ impl RaftHandle {
             let _ = thread.join();
         }
         let mut finished = shared.finished.lock();
-        while !*finished {
+        while !finished.done {
             shared.finished_cv.wait(&mut finished);
+        }
+    }
+
+    /// [`RaftHandle::shutdown`] for async callers (a tonic server's graceful stop): resolves
+    /// once the loop has answered everything pending and the WAL writer has stopped, without
+    /// blocking a runtime thread. The raft thread exits right after; it is not joined.
+    pub fn shutdown_async(&self) -> impl Future<Output = ()> + Send + 'static {
+        let shared = self.inner.shared.clone();
+        for request in shared.queue.close() {
+            request.fail(|| RaftError::Stopped);
+        }
+        let (tx, rx) = futures::channel::oneshot::channel();
+        {
+            let mut finished = shared.finished.lock();
+            if finished.done {
+                let _ = tx.send(());
+            } else {
+                finished.async_waiters.push(tx);
+            }
+        }
+        async move {
+            // A dropped sender also means the thread is gone.
+            let _ = rx.await;
         }
     }
 }
@@ -285,7 +318,7 @@ pub fn start(cfg: RaftConfig, sm: Box<dyn StateMachine>) -> Result<RaftHandle, R
             cluster_id: cfg.cluster_id,
             ..RaftStatus::default()
         }),
-        finished: Mutex::new(false),
+        finished: Mutex::new(Finished::default()),
         finished_cv: Condvar::new(),
     });
     let placement = match cfg.raft_cpu {

@@ -103,8 +103,9 @@ pub struct Node {
     requests: Vec<Request>,
 }
 
-/// Recovers the WAL on this executor, starts its writer here, builds the node, reports the
-/// outcome on `opened`, then runs the loop until shutdown.
+/// Recovers the WAL on this executor, starts its writer here, builds the node, elects it (a
+/// single member) and handles the first `Ready` (which re-applies the committed log above the
+/// state machine's index), reports the outcome on `opened`, then runs the loop until shutdown.
 pub async fn run(
     cfg: RaftConfig,
     sm: Box<dyn StateMachine>,
@@ -129,6 +130,11 @@ pub async fn run(
         }
     };
     drop(recovered);
+    if let Err(e) = node.begin().await {
+        let _ = wal.shutdown().await;
+        let _ = opened.send(Err(e));
+        return;
+    }
     let _ = opened.send(Ok(wal));
     let result = node.run_loop().await;
     node.stop(result).await;
@@ -213,12 +219,20 @@ impl Node {
         Ok(node)
     }
 
-    async fn run_loop(&mut self) -> Result<(), RaftError> {
-        // As etcd does for a single member: elect ourselves at once rather than after an
-        // election timeout. With peers (issue 5) this stays with the election timer.
+    /// As etcd does for a single member: elect ourselves at once rather than after an election
+    /// timeout (with peers, issue 5, this stays with the election timer), and persist and apply
+    /// what that yields, so `start` returns with a leader and the log replayed.
+    async fn begin(&mut self) -> Result<(), RaftError> {
         if self.raw.raft.prs().conf().voters().ids().len() == 1 {
             self.raw.campaign()?;
         }
+        while self.raw.has_ready() {
+            self.handle_ready().await?;
+        }
+        Ok(())
+    }
+
+    async fn run_loop(&mut self) -> Result<(), RaftError> {
         loop {
             self.tick();
             let mut requests = std::mem::take(&mut self.requests);
