@@ -25,10 +25,12 @@
 //! # Restart
 //!
 //! The WAL's recovered entries, hard state and snapshot marker rebuild the in-memory log
-//! (`storage.rs`). raft-rs starts from `applied = min(sm.applied_index(), persisted commit)`;
-//! after the member elects itself, committed entries above that come back to the loop, which
-//! passes over those at or below the state machine's durable applied index and applies the rest
-//! exactly once, in order. Their proposers are gone, so replies are dropped.
+//! (`storage.rs`). raft-rs starts from `applied = min(sm.applied_index(), persisted commit)`
+//! (the commit index is persisted lazily, so it may lag what was applied). The member elects
+//! itself and commits its whole log; the committed entries come back to the loop, which passes
+//! over those at or below the state machine's durable applied index and applies the rest exactly
+//! once, in order. Their proposers are gone, so replies are dropped. [`start`] returns after
+//! this, with the member leading and the state machine up to date.
 //!
 //! # Log compaction
 //!

@@ -60,11 +60,11 @@ impl LogStore {
         if let Some(hs) = recovered.hard_state {
             store.hard_state.term = hs.term;
             store.hard_state.vote = hs.vote;
-            // The commit index is persisted lazily (with the next entries) and may lag the
-            // snapshot marker written after an apply; everything up to the marker was applied,
-            // hence committed. raft-rs requires commit >= first_index - 1.
             store.hard_state.commit = hs.commit;
         }
+        // Everything up to the snapshot marker was applied, hence committed, and raft-rs
+        // requires commit >= first_index - 1. The engine writes a hard state with every marker,
+        // so this only matters for a log whose newest hard state predates its marker.
         store.hard_state.commit = store.hard_state.commit.max(store.snapshot_index);
         if store.hard_state.commit > store.last() {
             return Err(RaftError::CorruptLog(format!(
