@@ -105,6 +105,7 @@ fn concurrent_proposals_get_their_replies_and_share_batches() {
     let handle = start(dir.path(), &log, 0);
     wait_leader(&handle);
     let syncs_before = handle.wal_stats().syncs;
+    let started = Instant::now();
     let threads: Vec<_> = (0..THREADS)
         .map(|t| {
             let handle = handle.clone();
@@ -152,8 +153,11 @@ fn concurrent_proposals_get_their_replies_and_share_batches() {
         "applied in log order"
     );
     let syncs = handle.wal_stats().syncs - syncs_before;
+    let elapsed = started.elapsed();
     println!(
-        "{proposals} proposals, {syncs} WAL fdatasyncs ({:.1} proposals per sync), {:?}",
+        "{proposals} proposals in {elapsed:?} ({:.0}/s), {syncs} WAL fdatasyncs ({:.1} proposals \
+         per sync), {:?}",
+        proposals as f64 / elapsed.as_secs_f64(),
         proposals as f64 / syncs as f64,
         handle.wal_stats()
     );
@@ -370,7 +374,7 @@ fn gate_sm() -> (Box<dyn StateMachine>, Gate) {
 
 /// With the loop stuck in `apply`, the queue fills to exactly `proposal_queue_depth`: then
 /// `try_propose` fails with `Overloaded` and `propose` waits; once the loop moves, every queued
-/// proposal and the waiting one complete.
+/// proposal and every waiting one complete (also when other waiters gave up meanwhile).
 #[test]
 fn full_queue_makes_propose_wait_and_try_propose_fail() {
     let dir = tempfile::tempdir().unwrap();
@@ -394,7 +398,19 @@ fn full_queue_makes_propose_wait_and_try_propose_fail() {
     ));
     let waiting = std::thread::spawn({
         let handle = handle.clone();
-        move || block_on(handle.propose(b"waits".to_vec()))
+        move || {
+            // Waiters that give up: their wakers must not strand the live ones.
+            for _ in 0..depth {
+                block_on(async {
+                    let mut gives_up = std::pin::pin!(handle.propose(b"gives up".to_vec()));
+                    assert!(futures::poll!(gives_up.as_mut()).is_pending());
+                });
+            }
+            let waiters: Vec<_> = (0..3 * depth)
+                .map(|i| handle.propose(format!("w{i}").into_bytes()))
+                .collect();
+            block_on(futures::future::join_all(waiters))
+        }
     });
     std::thread::sleep(Duration::from_millis(50));
     assert!(!waiting.is_finished(), "propose waits for room");
@@ -407,7 +423,9 @@ fn full_queue_makes_propose_wait_and_try_propose_fail() {
     {
         assert_eq!(reply.unwrap(), format!("q{i}").into_bytes());
     }
-    assert_eq!(waiting.join().unwrap().unwrap(), b"waits");
+    for (i, reply) in waiting.join().unwrap().into_iter().enumerate() {
+        assert_eq!(reply.unwrap(), format!("w{i}").into_bytes());
+    }
     handle.shutdown();
 }
 

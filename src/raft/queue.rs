@@ -41,8 +41,10 @@ impl Request {
 struct State {
     requests: VecDeque<Request>,
     closed: bool,
-    /// Tasks waiting for room. All are woken whenever room is made; each re-checks.
-    space_waiters: Vec<Waker>,
+    /// Tasks waiting for room, oldest first. A drain that frees `n` slots wakes the `n` oldest
+    /// (each re-checks and re-registers if it lost the race); one that empties the queue wakes
+    /// all, so wakers of dropped futures cannot strand live waiters.
+    space_waiters: VecDeque<Waker>,
 }
 
 pub struct RequestQueue {
@@ -59,7 +61,7 @@ impl RequestQueue {
             state: Mutex::new(State {
                 requests: VecDeque::with_capacity(depth.min(4096)),
                 closed: false,
-                space_waiters: Vec::new(),
+                space_waiters: VecDeque::new(),
             }),
             loop_waker: AtomicWaker::new(),
             depth,
@@ -98,7 +100,7 @@ impl RequestQueue {
                 self.loop_waker.wake();
                 return Poll::Ready(Ok(()));
             }
-            state.space_waiters.push(cx.waker().clone());
+            state.space_waiters.push_back(cx.waker().clone());
             Poll::Pending
         })
         .await
@@ -109,7 +111,8 @@ impl RequestQueue {
     pub fn drain(&self, max: usize, max_bytes: usize, out: &mut Vec<Request>) -> bool {
         let mut state = self.state.lock();
         let mut bytes = 0;
-        while out.len() < max && bytes < max_bytes {
+        let mut freed = 0;
+        while freed < max && bytes < max_bytes {
             let Some(request) = state.requests.pop_front() else {
                 break;
             };
@@ -117,12 +120,14 @@ impl RequestQueue {
                 bytes += data.len();
             }
             out.push(request);
+            freed += 1;
         }
-        let waiters = if out.is_empty() {
-            Vec::new()
+        let wake = if state.requests.is_empty() {
+            state.space_waiters.len()
         } else {
-            std::mem::take(&mut state.space_waiters)
+            freed.min(state.space_waiters.len())
         };
+        let waiters: Vec<Waker> = state.space_waiters.drain(..wake).collect();
         let closed = state.closed;
         drop(state);
         for w in waiters {
