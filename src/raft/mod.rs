@@ -63,6 +63,7 @@ pub use config::RaftConfig;
 pub use error::RaftError;
 pub use storage::LogStore;
 
+use crate::wal::disk::{Disk, GlommioDisk};
 use crate::wal::{Wal, WalStats};
 use queue::{Request, RequestQueue};
 
@@ -312,6 +313,16 @@ impl HandleInner {
 /// loop on its own executor thread; returns once recovery is done (or failed). The member then
 /// elects itself (single member) and re-applies committed entries above `sm.applied_index()`.
 pub fn start(cfg: RaftConfig, sm: Box<dyn StateMachine>) -> Result<RaftHandle, RaftError> {
+    start_with_disk(GlommioDisk, cfg, sm)
+}
+
+/// [`start`] on any disk: tests pass a `wal::sim::SimDisk`, which loses and tears unsynced
+/// writes at a simulated crash.
+pub fn start_with_disk<D: Disk + Send>(
+    disk: D,
+    cfg: RaftConfig,
+    sm: Box<dyn StateMachine>,
+) -> Result<RaftHandle, RaftError> {
     cfg.validate()?;
     let shared = Arc::new(Shared {
         queue: RequestQueue::new(cfg.proposal_queue_depth),
@@ -335,7 +346,7 @@ pub fn start(cfg: RaftConfig, sm: Box<dyn StateMachine>) -> Result<RaftHandle, R
         .io_memory(cfg.wal.writer_io_memory_bytes)
         .spawn(move || async move {
             let _finish = FinishGuard(thread_shared.clone());
-            node::run(cfg, sm, thread_shared, opened_tx).await;
+            node::run(disk, cfg, sm, thread_shared, opened_tx).await;
         })
         .map_err(|e| RaftError::Io(e.into()))?;
     match opened_rx.recv() {

@@ -43,6 +43,7 @@ use raft::{RawNode, Ready, StateRole};
 use super::queue::{ProposeReply, ReadReply, Request};
 use super::storage::{encode_entry, LogStore};
 use super::{Committed, RaftConfig, RaftError, RaftStatus, Shared, StateMachine};
+use crate::wal::disk::Disk;
 use crate::wal::{self, Record, Wal};
 
 /// Bytes of a hard-state frame in a WAL submission.
@@ -106,20 +107,20 @@ pub struct Node {
 /// Recovers the WAL on this executor, starts its writer here, builds the node, elects it (a
 /// single member) and handles the first `Ready` (which re-applies the committed log above the
 /// state machine's index), reports the outcome on `opened`, then runs the loop until shutdown.
-pub async fn run(
+pub async fn run<D: Disk>(
+    disk: D,
     cfg: RaftConfig,
     sm: Box<dyn StateMachine>,
     shared: Arc<Shared>,
     opened: std::sync::mpsc::Sender<Result<Wal, RaftError>>,
 ) {
-    let (wal, recovered, writer) =
-        match Wal::recover(wal::disk::GlommioDisk, &cfg.wal_dir, cfg.wal.clone()).await {
-            Ok(x) => x,
-            Err(e) => {
-                let _ = opened.send(Err(e.into()));
-                return;
-            }
-        };
+    let (wal, recovered, writer) = match Wal::recover(disk, &cfg.wal_dir, cfg.wal.clone()).await {
+        Ok(x) => x,
+        Err(e) => {
+            let _ = opened.send(Err(e.into()));
+            return;
+        }
+    };
     glommio::spawn_local(writer.run()).detach();
     let mut node = match Node::new(cfg, sm, shared, wal.clone(), &recovered).await {
         Ok(node) => node,
