@@ -5,4 +5,5 @@
 pub mod config;
 pub mod mvcc;
 pub mod page_store;
+pub mod raft;
 pub mod wal;
