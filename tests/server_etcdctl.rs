@@ -281,7 +281,9 @@ fn sigterm_and_sigint_stop_cleanly_and_restart_recovers() {
     let e = s.endpoint();
     ok(&e, &["put", "durable", "1"]);
     ok(&e, &["put", "durable", "2"]);
-    assert_eq!(s.stop_with(libc::SIGTERM), Some(0), "{}", s.log());
+    // etcd re-raises the signal after cleaning up (no exit code); ringkv exits 0.
+    let code = s.stop_with(libc::SIGTERM);
+    assert!(is_reference() || code == Some(0), "{code:?}: {}", s.log());
     assert!(
         is_reference() || s.log().contains("received SIGTERM"),
         "{}",
@@ -292,7 +294,8 @@ fn sigterm_and_sigint_stop_cleanly_and_restart_recovers() {
     assert_eq!(ok(&e, &["get", "durable", "--rev=2"]), "durable\n1\n");
     ok(&e, &["put", "durable", "3"]);
     let before = json(&e, &["get", "durable"]);
-    assert_eq!(s.stop_with(libc::SIGINT), Some(0), "{}", s.log());
+    let code = s.stop_with(libc::SIGINT);
+    assert!(is_reference() || code == Some(0), "{code:?}: {}", s.log());
     s.restart();
     let after = json(&e, &["get", "durable"]);
     assert_eq!(after["kvs"], before["kvs"]);
