@@ -436,3 +436,27 @@ async fn txn_with_nested_txn() {
     };
     assert_eq!(read.kvs.len(), 1);
 }
+
+#[tokio::test]
+async fn maintenance_status() {
+    use ringkv_proto::etcdserverpb::maintenance_client::MaintenanceClient;
+    use ringkv_proto::etcdserverpb::StatusRequest;
+    let (_dir, s) = server(&[]);
+    let mut kv = client(&s).await;
+    kv.put(put("a", "1")).await.unwrap();
+    let channel = Channel::from_shared(s.endpoint())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let status = MaintenanceClient::new(channel)
+        .status(StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let header = status.header.unwrap();
+    assert_eq!(header.revision, 2);
+    assert_eq!(status.leader, header.member_id);
+    assert!(status.raft_applied_index >= 1 && status.raft_index >= status.raft_applied_index);
+    assert!(status.raft_term >= 1);
+}

@@ -76,13 +76,7 @@ pub fn run(config: &Config) -> Result<(), ServerError> {
         source,
     })?;
 
-    let store = PageStore::open(
-        &snap_dir,
-        PageStoreConfig {
-            cache_bytes: usize::try_from(config.tuning.page_store.cache_bytes)
-                .unwrap_or(usize::MAX),
-        },
-    )?;
+    let store = PageStore::open(&snap_dir, page_store_config(config))?;
     let mvcc = Mvcc::open(store)?;
     eprintln!(
         "ringkv: info: opened {} at revision {} (compacted {}), applied index {}",
@@ -127,6 +121,17 @@ pub fn run(config: &Config) -> Result<(), ServerError> {
     served?;
     eprintln!("ringkv: info: stopped");
     Ok(())
+}
+
+/// The tuning profile's page-store settings over the store's defaults.
+// The placeholder page store has only `cache_bytes`; the real one adds fields that keep their
+// defaults here, so the struct update is needed there and redundant here.
+#[allow(clippy::needless_update)]
+fn page_store_config(config: &Config) -> PageStoreConfig {
+    PageStoreConfig {
+        cache_bytes: usize::try_from(config.tuning.page_store.cache_bytes).unwrap_or(usize::MAX),
+        ..PageStoreConfig::default()
+    }
 }
 
 async fn serve(config: &Config, ctx: Arc<Context>, ids: ids::Ids) -> Result<(), ServerError> {
