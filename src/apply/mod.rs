@@ -5,8 +5,9 @@
 //! index as the page store's consistent index, so after a crash `applied_index` is exactly what
 //! the store holds and replaying the WAL from there is idempotent. (MVCC gives one revision per
 //! write transaction, so entries cannot share a page-store commit without sharing a revision.)
-//! An entry that is refused (`ApplyError`) changes nothing and commits nothing; replaying it
-//! refuses it again, because nothing after it has been applied either.
+//! An entry that is refused (`ApplyError`) or empty changes nothing but still commits its index,
+//! so `applied_index` is always the durable consistent index (the raft log may be compacted up
+//! to it).
 //!
 //! A storage failure while applying is fatal: the applied state would no longer follow the log.
 
@@ -40,6 +41,7 @@ impl Applier {
         }
     }
 
+    /// The last applied entry; durable (it is the page store's consistent index).
     pub fn applied_index(&self) -> u64 {
         self.applied_index
     }
@@ -57,14 +59,29 @@ impl Applier {
             None => Ok(None),
             Some(request) => self.execute(index, request).map(Some),
         };
-        self.applied_index = index;
         let outcome = match result {
-            Ok(None) => Outcome::default(),
+            Ok(None) => {
+                self.record_index(index);
+                Outcome::default()
+            }
             Ok(Some(result)) => Outcome::from_result(Ok(result)),
-            Err(ExecError::Refused(error)) => Outcome::from_result(Err(error)),
+            Err(ExecError::Refused(error)) => {
+                self.record_index(index);
+                Outcome::from_result(Err(error))
+            }
             Err(ExecError::Store(error)) => fatal(index, &error),
         };
+        debug_assert_eq!(self.mvcc.page_store().consistent_index(), index);
+        self.applied_index = index;
         outcome.encode_to_vec()
+    }
+
+    /// Makes `index` the store's consistent index for an entry that changed nothing, so
+    /// `applied_index` is always durable (the log may be compacted up to it).
+    fn record_index(&self, index: u64) {
+        if let Err(error) = WriteAt::begin(&self.mvcc).txn.commit(index) {
+            fatal(index, &error);
+        }
     }
 
     fn execute(&mut self, index: u64, request: ProposalRequest) -> ExecResult<OutcomeResult> {
