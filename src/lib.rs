@@ -8,5 +8,6 @@ pub mod apply;
 pub mod config;
 pub mod mvcc;
 pub mod page_store;
+pub mod raft;
 pub mod server;
 pub mod wal;

@@ -326,7 +326,7 @@ fn batch_delay_and_pinned_writer() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = wal_dir(&tmp);
     let cfg = WalConfig {
-        batch_delay_us: 2000,
+        batch_delay_us: 20_000,
         writer_cpu: Some(0),
         ..WalConfig::small()
     };

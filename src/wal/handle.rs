@@ -61,6 +61,11 @@ pub struct Wal {
     inner: Arc<Inner>,
 }
 
+const _: () = {
+    fn handle_is_shareable<T: Clone + Send + Sync + 'static>() {}
+    let _ = handle_is_shareable::<Wal>;
+};
+
 impl std::fmt::Debug for Wal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Wal")

@@ -5,6 +5,18 @@
 //! markers, metadata; see [`Record`] for the index rules applied on append and replay) and gives
 //! them back, rewrites applied, when it is opened.
 //!
+//! # Use
+//!
+//! - [`Wal::open`] recovers the log and starts the writer on a dedicated executor thread
+//!   (`WalConfig::writer_cpu` pins it); [`Wal::recover`] recovers on the caller's glommio
+//!   executor and hands back the [`WalWriter`] for the caller to spawn where its placement
+//!   policy says.
+//! - [`Wal::append`] may be called from any thread; its future resolves once the records are
+//!   durable. [`Wal::release_to`] drops segments a snapshot covers. [`Wal::close`] /
+//!   [`Wal::shutdown`] stop the writer after everything submitted before them.
+//! - The disk is behind [`disk::Disk`]: [`disk::GlommioDisk`] in production, [`sim::SimDisk`]
+//!   (loses and tears unsynced writes at a crash) in tests.
+//!
 //! # Files
 //!
 //! The log lives in one directory (`<data-dir>/member/wal/`; the API takes the directory). It is

@@ -12,8 +12,8 @@ use futures::StreamExt;
 
 use super::disk::{Disk, DiskFile};
 use super::format::{
-    encode_frame, is_spare_file, parse_segment_file_name, segment_file_name, spare_file_name,
-    BatchHeader, Record, SegmentHeader, BATCH_HEADER_BYTES, BLOCK_BYTES,
+    align_up, encode_frame, is_spare_file, parse_segment_file_name, segment_file_name,
+    spare_file_name, BatchHeader, Record, SegmentHeader, BATCH_HEADER_BYTES, BLOCK_BYTES,
 };
 use super::scan::{scan_segment, LogState, Replay};
 use super::{Recovered, WalConfig, WalError, WalStats};
@@ -429,29 +429,22 @@ impl<D: Disk> WalWriter<D> {
     }
 
     async fn write_batch(&mut self, batch: &Batch) -> io::Result<()> {
-        let state_records = self.state_records_if_segment_start();
-        let mut payload_bytes =
-            batch.payload_bytes + state_records.iter().map(Record::frame_bytes).sum::<usize>();
-        let mut extent = BatchHeader {
-            batch_seq: 0,
-            payload_bytes: payload_bytes as u32,
-            record_count: 0,
-        }
-        .extent_bytes();
-        let mut state_records = state_records;
+        let extent_for = |state_records: &[Record]| {
+            let payload_bytes =
+                batch.payload_bytes + state_records.iter().map(Record::frame_bytes).sum::<usize>();
+            (
+                payload_bytes,
+                align_up(BATCH_HEADER_BYTES + payload_bytes, BLOCK_BYTES),
+            )
+        };
+        let mut state_records = self.state_records_if_segment_start();
+        let (mut payload_bytes, mut extent) = extent_for(&state_records);
         if self.offset + extent as u64 > self.segment_bytes {
             self.cut().await?;
             state_records = self.state.state_records();
-            payload_bytes =
-                batch.payload_bytes + state_records.iter().map(Record::frame_bytes).sum::<usize>();
-            extent = BatchHeader {
-                batch_seq: 0,
-                payload_bytes: payload_bytes as u32,
-                record_count: 0,
-            }
-            .extent_bytes();
+            (payload_bytes, extent) = extent_for(&state_records);
             assert!(
-                self.offset + extent as u64 <= self.cfg.segment_bytes,
+                self.offset + extent as u64 <= self.segment_bytes,
                 "a batch must fit an empty segment"
             );
         }

@@ -1,0 +1,370 @@
+//! Replicated state machine on raft-rs: opaque byte proposals go through raft, are persisted in
+//! ringkv's WAL, and come out, committed and in log order, to a [`StateMachine`]. This module
+//! knows nothing of etcd's requests.
+//!
+//! # Threads
+//!
+//! [`start`] spawns one glommio executor thread (pinned per `RaftConfig::raft_cpu`) that runs
+//! three things cooperatively: the raft loop (`node.rs`), the state machine's `apply`, and the
+//! WAL writer task, recovered with `Wal::recover` and spawned on the same executor. Sharing the
+//! executor is deliberate: the loop awaits each `Ready`'s WAL batch before applying it, so the
+//! writer and the loop never have work at the same time, and a same-thread hand-off saves a
+//! cross-thread wake-up per batch. The fdatasync itself is asynchronous (io_uring).
+//!
+//! Callers on any thread (tokio, tonic) use a [`RaftHandle`]: requests go through a bounded
+//! queue (`queue.rs`) to the loop and answers come back on oneshot channels.
+//!
+//! # A proposal's path
+//!
+//! `propose` -> request queue (waits while full) -> loop takes every queued request ->
+//! `RawNode::propose` (the leader's log index is the proposal's identity) -> `Ready` ->
+//! hard state + entries in one WAL batch -> fdatasync -> `advance_append` (a single member
+//! commits) -> `StateMachine::apply` on the batch of committed entries -> the reply for that index
+//! and term goes to the waiting proposer. See `node.rs` for the exact `Ready` handling order.
+//!
+//! # Restart
+//!
+//! The WAL's recovered entries, hard state and snapshot marker rebuild the in-memory log
+//! (`storage.rs`). raft-rs starts from `applied = min(sm.applied_index(), persisted commit)`
+//! (the commit index is persisted lazily, so it may lag what was applied). The member elects
+//! itself and commits its whole log; the committed entries come back to the loop, which passes
+//! over those at or below the state machine's durable applied index and applies the rest exactly
+//! once, in order. Their proposers are gone, so replies are dropped. [`start`] returns after
+//! this, with the member leading and the state machine up to date.
+//!
+//! # Log compaction
+//!
+//! When the state machine's durable applied index is `snapshot_entries` past the snapshot
+//! marker (keeping `compact_keep_entries` below it), the loop writes a hard state and a
+//! `Record::Snapshot` marker (durable), drops the entries from the in-memory log and releases
+//! the WAL segments below it. The state machine is its own snapshot: it must never restart
+//! with an applied index below the marker (`RaftError::StateMachineBehindLog`).
+//!
+//! # Limitations (single member; issue 5 adds peers)
+//!
+//! - No transport: `Ready` messages go to `node::send_messages`, which asserts there are none.
+//! - Membership is fixed to this member; conf-change entries are never proposed.
+//! - Followers would refuse proposals with `NotLeader` (no forwarding), and there are no
+//!   state-machine snapshots to send to lagging followers (`Storage::snapshot` says "later").
+
+mod config;
+mod error;
+mod log;
+mod node;
+mod queue;
+pub mod storage;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use parking_lot::{Condvar, Mutex};
+
+pub use config::RaftConfig;
+pub use error::RaftError;
+pub use storage::LogStore;
+
+use crate::wal::disk::{Disk, GlommioDisk};
+use crate::wal::{Wal, WalStats};
+use queue::{Request, RequestQueue};
+
+/// The application's deterministic state machine.
+pub trait StateMachine: Send + 'static {
+    /// Applies committed entries in log order, each exactly once per process lifetime; entries
+    /// with index <= applied_index() (already applied before a restart) are skipped by the
+    /// engine. Empty-data entries (raft's leader no-op, conf changes) are NOT passed. Returns one
+    /// reply per entry, in order, delivered to the proposer of that entry if it is still waiting
+    /// on this member.
+    fn apply(&mut self, entries: &[Committed]) -> Vec<Vec<u8>>;
+    /// The last raft index the state machine has durably applied (its consistent index).
+    fn applied_index(&self) -> u64;
+}
+
+/// A committed log entry with data, as handed to [`StateMachine::apply`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Committed {
+    pub index: u64,
+    pub term: u64,
+    pub data: Vec<u8>,
+}
+
+/// A snapshot of the member's raft state, refreshed by the loop after every `Ready`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RaftStatus {
+    pub member_id: u64,
+    pub cluster_id: u64,
+    pub term: u64,
+    /// 0 when no leader is known.
+    pub leader_id: u64,
+    pub commit_index: u64,
+    /// Last index handed to the state machine (or passed over: no-ops, replayed entries).
+    pub applied_index: u64,
+}
+
+/// State shared by the handles and the loop.
+struct Shared {
+    queue: RequestQueue,
+    status: Mutex<RaftStatus>,
+    finished: Mutex<Finished>,
+    finished_cv: Condvar,
+}
+
+/// Whether the raft thread has finished (after the WAL writer stopped), and who waits for it.
+#[derive(Default)]
+struct Finished {
+    done: bool,
+    async_waiters: Vec<futures::channel::oneshot::Sender<()>>,
+}
+
+impl Shared {
+    fn mark_finished(&self) {
+        let mut finished = self.finished.lock();
+        finished.done = true;
+        for w in finished.async_waiters.drain(..) {
+            let _ = w.send(());
+        }
+        self.finished_cv.notify_all();
+    }
+}
+
+/// Closes the queue and marks the thread finished when the raft thread ends, also by panic
+/// (an assertion in the loop or in the state machine), so callers never wait on a dead loop.
+struct FinishGuard(Arc<Shared>);
+
+impl Drop for FinishGuard {
+    fn drop(&mut self) {
+        for request in self.0.queue.close() {
+            request.fail(|| RaftError::Stopped);
+        }
+        self.0.mark_finished();
+    }
+}
+
+struct HandleInner {
+    shared: Arc<Shared>,
+    wal: Wal,
+    thread: Mutex<Option<glommio::ExecutorJoinHandle<()>>>,
+    proposal_bytes_max: usize,
+}
+
+impl Drop for HandleInner {
+    /// The last handle gone stops the loop (without waiting for it).
+    fn drop(&mut self) {
+        for request in self.shared.queue.close() {
+            request.fail(|| RaftError::Stopped);
+        }
+    }
+}
+
+/// Handle to a running member. `Clone + Send + Sync`; usable from any thread and runtime.
+#[derive(Clone)]
+pub struct RaftHandle {
+    inner: Arc<HandleInner>,
+}
+
+const _: () = {
+    const fn send_sync<T: Send + Sync>() {}
+    send_sync::<RaftHandle>();
+    send_sync::<RaftError>();
+};
+
+impl std::fmt::Debug for RaftHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RaftHandle")
+            .field("status", &self.status())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RaftHandle {
+    /// Proposes `data`; resolves with the StateMachine's reply once the entry is committed and
+    /// applied on this member.
+    ///
+    /// Back-pressure: while the request queue is full (`proposal_queue_depth`) the future waits
+    /// for room rather than failing, which is kinder to clients than an error they must retry;
+    /// [`RaftHandle::try_propose`] fails with `Overloaded` instead. The request is queued when
+    /// the future is first polled. Errors: `EmptyProposal`, `TooLarge`, `NotLeader`, `Dropped`,
+    /// `Timeout` (may still apply), `Stopped`/`Halted` (may have applied if it was in the log).
+    pub fn propose(
+        &self,
+        data: Vec<u8>,
+    ) -> impl Future<Output = Result<Vec<u8>, RaftError>> + Send + 'static {
+        let inner = self.inner.clone();
+        async move {
+            inner.check_proposal(&data)?;
+            let (reply, done) = futures::channel::oneshot::channel();
+            inner
+                .shared
+                .queue
+                .push(Request::Propose { data, reply })
+                .await?;
+            done.await.unwrap_or(Err(RaftError::Stopped))
+        }
+    }
+
+    /// [`RaftHandle::propose`], but fails at once with `Overloaded` if the queue is full. The
+    /// request is queued by this call, so the log order of `try_propose` calls from one thread
+    /// is their call order.
+    pub fn try_propose(
+        &self,
+        data: Vec<u8>,
+    ) -> impl Future<Output = Result<Vec<u8>, RaftError>> + Send + 'static {
+        let queued = self.inner.check_proposal(&data).and_then(|()| {
+            let (reply, done) = futures::channel::oneshot::channel();
+            self.inner
+                .shared
+                .queue
+                .try_push(Request::Propose { data, reply })
+                .map_err(|(_, e)| e)
+                .map(|()| done)
+        });
+        async move {
+            match queued {
+                Ok(done) => done.await.unwrap_or(Err(RaftError::Stopped)),
+                Err(e) => Err(e),
+            }
+        }
+    }
+
+    /// Linearizable read barrier (raft ReadIndex, batched across concurrent callers): resolves
+    /// once this member's applied index >= the read index confirmed by a quorum. Waits for
+    /// queue room like `propose`.
+    pub fn read_index(&self) -> impl Future<Output = Result<(), RaftError>> + Send + 'static {
+        let inner = self.inner.clone();
+        async move {
+            let (reply, done) = futures::channel::oneshot::channel();
+            inner
+                .shared
+                .queue
+                .push(Request::ReadIndex { reply })
+                .await?;
+            done.await.unwrap_or(Err(RaftError::Stopped))
+        }
+    }
+
+    pub fn status(&self) -> RaftStatus {
+        *self.inner.shared.status.lock()
+    }
+
+    /// Counters of the member's WAL (batches and fdatasyncs versus records: group commit).
+    pub fn wal_stats(&self) -> WalStats {
+        self.inner.wal.stats()
+    }
+
+    /// Stops the loop and waits until it has answered every pending request (`Stopped`),
+    /// written the commit index and stopped the WAL writer (everything submitted is durable).
+    /// Idempotent; any clone may call it. Blocks: call it from a plain thread (or
+    /// `spawn_blocking`), never from the state machine's `apply`.
+    pub fn shutdown(&self) {
+        let shared = &self.inner.shared;
+        for request in shared.queue.close() {
+            request.fail(|| RaftError::Stopped);
+        }
+        let thread = self.inner.thread.lock().take();
+        if let Some(thread) = thread {
+            // A panic on the raft thread has already failed every request (FinishGuard).
+            let _ = thread.join();
+        }
+        let mut finished = shared.finished.lock();
+        while !finished.done {
+            shared.finished_cv.wait(&mut finished);
+        }
+    }
+
+    /// [`RaftHandle::shutdown`] for async callers (a tonic server's graceful stop): resolves
+    /// once the loop has answered everything pending and the WAL writer has stopped, without
+    /// blocking a runtime thread. The raft thread exits right after; it is not joined.
+    pub fn shutdown_async(&self) -> impl Future<Output = ()> + Send + 'static {
+        let shared = self.inner.shared.clone();
+        for request in shared.queue.close() {
+            request.fail(|| RaftError::Stopped);
+        }
+        let (tx, rx) = futures::channel::oneshot::channel();
+        {
+            let mut finished = shared.finished.lock();
+            if finished.done {
+                let _ = tx.send(());
+            } else {
+                finished.async_waiters.push(tx);
+            }
+        }
+        async move {
+            // A dropped sender also means the thread is gone.
+            let _ = rx.await;
+        }
+    }
+}
+
+impl HandleInner {
+    fn check_proposal(&self, data: &[u8]) -> Result<(), RaftError> {
+        if data.is_empty() {
+            return Err(RaftError::EmptyProposal);
+        }
+        if data.len() > self.proposal_bytes_max {
+            return Err(RaftError::TooLarge {
+                bytes: data.len(),
+                limit_bytes: self.proposal_bytes_max,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Opens the member's WAL in `cfg.wal_dir`, rebuilds the raft log from it, and starts the raft
+/// loop on its own executor thread; returns once recovery is done (or failed). The member then
+/// elects itself (single member) and re-applies committed entries above `sm.applied_index()`.
+pub fn start(cfg: RaftConfig, sm: Box<dyn StateMachine>) -> Result<RaftHandle, RaftError> {
+    start_with_disk(GlommioDisk, cfg, sm)
+}
+
+/// [`start`] on any disk: tests pass a `wal::sim::SimDisk`, which loses and tears unsynced
+/// writes at a simulated crash.
+pub fn start_with_disk<D: Disk + Send>(
+    disk: D,
+    cfg: RaftConfig,
+    sm: Box<dyn StateMachine>,
+) -> Result<RaftHandle, RaftError> {
+    cfg.validate()?;
+    let shared = Arc::new(Shared {
+        queue: RequestQueue::new(cfg.proposal_queue_depth),
+        status: Mutex::new(RaftStatus {
+            member_id: cfg.member_id,
+            cluster_id: cfg.cluster_id,
+            ..RaftStatus::default()
+        }),
+        finished: Mutex::new(Finished::default()),
+        finished_cv: Condvar::new(),
+    });
+    let placement = match cfg.raft_cpu {
+        Some(cpu) => glommio::Placement::Fixed(cpu),
+        None => glommio::Placement::Unbound,
+    };
+    let proposal_bytes_max = cfg.proposal_bytes_max;
+    let (opened_tx, opened_rx) = std::sync::mpsc::channel();
+    let thread_shared = shared.clone();
+    let thread = glommio::LocalExecutorBuilder::new(placement)
+        .name(&format!("raft-{:x}", cfg.member_id))
+        .io_memory(cfg.wal.writer_io_memory_bytes)
+        .spawn(move || async move {
+            let _finish = FinishGuard(thread_shared.clone());
+            node::run(disk, cfg, sm, thread_shared, opened_tx).await;
+        })
+        .map_err(|e| RaftError::Io(e.into()))?;
+    match opened_rx.recv() {
+        Ok(Ok(wal)) => Ok(RaftHandle {
+            inner: Arc::new(HandleInner {
+                shared,
+                wal,
+                thread: Mutex::new(Some(thread)),
+                proposal_bytes_max,
+            }),
+        }),
+        Ok(Err(e)) => {
+            let _ = thread.join();
+            Err(e)
+        }
+        Err(_) => {
+            let _ = thread.join();
+            Err(RaftError::Stopped)
+        }
+    }
+}

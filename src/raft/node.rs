@@ -1,0 +1,628 @@
+//! The raft loop: one task on the raft executor that owns the `RawNode`, the state machine and
+//! the WAL handle, and turns queued requests into `Ready`s, WAL batches and applied entries.
+//!
+//! # One iteration
+//!
+//! 1. Tick raft if a heartbeat interval has passed; time out old requests.
+//! 2. Take every queued request (up to `max_batch_entries` / `max_batch_bytes`): proposals go to
+//!    `RawNode::propose`, read barriers are batched into one `RawNode::read_index`.
+//! 3. If raft has a `Ready`, handle it (below) and loop; otherwise sleep until a request arrives
+//!    or the next tick is due.
+//!
+//! Requests that arrive while a `Ready` is being persisted wait in the queue and are all taken by
+//! the next iteration, so they share the next `Ready`, WAL batch and fdatasync: group commit at
+//! the raft level, with no timer.
+//!
+//! # Handling a `Ready` (the order is the point)
+//!
+//! 1. Send `messages` (a leader may send appends before persisting; raft thesis 10.2.1).
+//! 2. Persist: hard state, then the new entries, in one WAL submission (several if larger than a
+//!    segment allows), and await durability. The entries are appended to the in-memory
+//!    `LogStore` first, so raft-rs can read them once told they are persisted.
+//! 3. Take the read states (confirmed read indexes).
+//! 4. Apply `committed_entries` (already persisted by earlier `Ready`s).
+//! 5. Send `persisted_messages` (votes and append responses: only after the state they promise
+//!    is durable).
+//! 6. `advance_append`: raft learns the entries are persisted; a single member commits them now.
+//!    Handle the `LightReady`: note the commit index, send its messages, apply its committed
+//!    entries; then `advance_apply`.
+//! 7. Answer read barriers whose index is applied; compact the log if due; publish the status.
+//!
+//! Nothing is applied or answered before the entry is durable in the WAL. The commit index is
+//! persisted lazily, in the hard state written with the next entries: it can be recomputed, and
+//! replay is idempotent because the state machine's durable applied index is the truth.
+
+use std::collections::{BTreeMap, HashMap};
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use raft::eraftpb::{ConfState, Entry, EntryType, Message};
+use raft::{RawNode, Ready, StateRole};
+
+use super::queue::{ProposeReply, ReadReply, Request};
+use super::storage::{encode_entry, LogStore};
+use super::{Committed, RaftConfig, RaftError, RaftStatus, Shared, StateMachine};
+use crate::wal::disk::Disk;
+use crate::wal::{self, Record, Wal};
+
+/// Bytes of a hard-state frame in a WAL submission.
+const HARD_STATE_FRAME_BYTES: usize = 40;
+
+/// Where `Ready` messages go. A single member has no peers, so raft never addresses anyone;
+/// issue 5 replaces this with the network transport.
+fn send_messages(msgs: Vec<Message>) {
+    if let Some(m) = msgs.into_iter().next() {
+        panic!(
+            "a single-member cluster has no peers, yet raft sent {:?} to {}",
+            m.get_msg_type(),
+            m.to
+        );
+    }
+}
+
+struct Proposal {
+    term: u64,
+    deadline: Instant,
+    reply: ProposeReply,
+}
+
+struct ReadWaiter {
+    deadline: Instant,
+    reply: ReadReply,
+}
+
+/// Read barriers, batched: all waiters queued between two `read_index` calls share one context.
+#[derive(Default)]
+struct Reads {
+    next_ctx: u64,
+    /// Waiting for raft to be able to serve a read index (a leader that has committed in its term).
+    unsent: Vec<ReadWaiter>,
+    /// Sent to raft under a context, waiting for its read state.
+    in_flight: HashMap<u64, Vec<ReadWaiter>>,
+    /// Read index known, waiting for the applied index to reach it.
+    confirmed: Vec<(u64, Vec<ReadWaiter>)>,
+}
+
+pub struct Node {
+    raw: RawNode<LogStore>,
+    sm: Box<dyn StateMachine>,
+    wal: Wal,
+    shared: Arc<Shared>,
+    cfg: RaftConfig,
+    /// Proposals in the log, by index, waiting for their entry to be applied.
+    proposals: BTreeMap<u64, Proposal>,
+    reads: Reads,
+    /// The last index handed to the state machine or passed over (no-ops, replayed entries).
+    applied: u64,
+    /// Entries at or below this were applied before the restart: the state machine's durable
+    /// applied index at start. They are passed over, never re-applied.
+    skip_through: u64,
+    /// The in-memory commit index is ahead of the one last written to the WAL.
+    commit_unpersisted: bool,
+    next_tick: Instant,
+    requests: Vec<Request>,
+}
+
+/// Recovers the WAL on this executor, starts its writer here, builds the node, elects it (a
+/// single member) and handles the first `Ready` (which re-applies the committed log above the
+/// state machine's index), reports the outcome on `opened`, then runs the loop until shutdown.
+pub async fn run<D: Disk>(
+    disk: D,
+    cfg: RaftConfig,
+    sm: Box<dyn StateMachine>,
+    shared: Arc<Shared>,
+    opened: std::sync::mpsc::Sender<Result<Wal, RaftError>>,
+) {
+    let (wal, recovered, writer) = match Wal::recover(disk, &cfg.wal_dir, cfg.wal.clone()).await {
+        Ok(x) => x,
+        Err(e) => {
+            let _ = opened.send(Err(e.into()));
+            return;
+        }
+    };
+    glommio::spawn_local(writer.run()).detach();
+    let mut node = match Node::new(cfg, sm, shared, wal.clone(), &recovered).await {
+        Ok(node) => node,
+        Err(e) => {
+            let _ = wal.shutdown().await;
+            let _ = opened.send(Err(e));
+            return;
+        }
+    };
+    drop(recovered);
+    if let Err(e) = node.begin().await {
+        let _ = wal.shutdown().await;
+        let _ = opened.send(Err(e));
+        return;
+    }
+    let _ = opened.send(Ok(wal));
+    let result = node.run_loop().await;
+    node.stop(result).await;
+}
+
+impl Node {
+    async fn new(
+        cfg: RaftConfig,
+        sm: Box<dyn StateMachine>,
+        shared: Arc<Shared>,
+        wal: Wal,
+        recovered: &wal::Recovered,
+    ) -> Result<Node, RaftError> {
+        match recovered.metadata {
+            Some(m) if m.member_id != cfg.member_id || m.cluster_id != cfg.cluster_id => {
+                return Err(RaftError::MemberMismatch {
+                    wal_member_id: m.member_id,
+                    wal_cluster_id: m.cluster_id,
+                    member_id: cfg.member_id,
+                    cluster_id: cfg.cluster_id,
+                });
+            }
+            Some(_) => {}
+            None => {
+                wal.append(vec![Record::Metadata {
+                    member_id: cfg.member_id,
+                    cluster_id: cfg.cluster_id,
+                }])
+                .await?;
+            }
+        }
+        // Membership is this member alone until issue 5 stores conf changes.
+        let conf_state = ConfState::from((vec![cfg.member_id], Vec::<u64>::new()));
+        let store = LogStore::from_recovered(recovered, conf_state)?;
+        let sm_applied = sm.applied_index();
+        let snapshot_index = store.snapshot_index();
+        let last_index = raft::Storage::last_index(&store)?;
+        if sm_applied < snapshot_index {
+            return Err(RaftError::StateMachineBehindLog {
+                applied_index: sm_applied,
+                snapshot_index,
+            });
+        }
+        if sm_applied > last_index {
+            return Err(RaftError::CorruptLog(format!(
+                "state machine applied index {sm_applied} is past the log's last index \
+                 {last_index}: the log lost acknowledged entries or belongs to another store"
+            )));
+        }
+        // raft-rs requires applied <= commit; entries between the persisted commit and the
+        // state machine's index come back as committed and are passed over.
+        let applied = sm_applied.min(store.hard_state().commit);
+        let raft_cfg = raft::Config {
+            id: cfg.member_id,
+            heartbeat_tick: 1,
+            election_tick: cfg.election_ticks(),
+            applied,
+            max_size_per_msg: 1 << 20,
+            max_inflight_msgs: 256,
+            pre_vote: cfg.pre_vote,
+            check_quorum: cfg.check_quorum,
+            ..raft::Config::default()
+        };
+        raft_cfg.validate()?;
+        let raw = RawNode::new(&raft_cfg, store, &super::log::logger(cfg.member_id))?;
+        let next_tick = Instant::now() + cfg.heartbeat;
+        let node = Node {
+            raw,
+            sm,
+            wal,
+            shared,
+            proposals: BTreeMap::new(),
+            reads: Reads::default(),
+            applied,
+            skip_through: sm_applied,
+            commit_unpersisted: false,
+            next_tick,
+            requests: Vec::with_capacity(cfg.max_batch_entries),
+            cfg,
+        };
+        node.publish_status();
+        Ok(node)
+    }
+
+    /// As etcd does for a single member: elect ourselves at once rather than after an election
+    /// timeout (with peers, issue 5, this stays with the election timer), and persist and apply
+    /// what that yields, so `start` returns with a leader and the log replayed.
+    async fn begin(&mut self) -> Result<(), RaftError> {
+        if self.raw.raft.prs().conf().voters().ids().len() == 1 {
+            self.raw.campaign()?;
+        }
+        while self.raw.has_ready() {
+            self.handle_ready().await?;
+        }
+        Ok(())
+    }
+
+    async fn run_loop(&mut self) -> Result<(), RaftError> {
+        loop {
+            self.tick();
+            let mut requests = std::mem::take(&mut self.requests);
+            let closed = self.shared.queue.drain(
+                self.cfg.max_batch_entries,
+                self.cfg.max_batch_bytes,
+                &mut requests,
+            );
+            for request in requests.drain(..) {
+                self.handle_request(request);
+            }
+            self.requests = requests;
+            if closed {
+                return Ok(());
+            }
+            self.issue_reads();
+            if self.raw.has_ready() {
+                self.handle_ready().await?;
+                continue;
+            }
+            self.wait().await;
+        }
+    }
+
+    fn tick(&mut self) {
+        let now = Instant::now();
+        if now < self.next_tick {
+            return;
+        }
+        // One tick however late: ticks missed during a long apply are dropped (as etcd's ticker
+        // drops them) rather than firing an election timeout at once.
+        self.raw.tick();
+        self.next_tick = now + self.cfg.heartbeat;
+        self.expire_requests(now);
+    }
+
+    async fn wait(&self) {
+        let now = Instant::now();
+        if now >= self.next_tick {
+            return;
+        }
+        let queued = pin!(self.shared.queue.wait());
+        let timer = pin!(glommio::timer::sleep(self.next_tick - now));
+        futures::future::select(queued, timer).await;
+    }
+
+    fn handle_request(&mut self, request: Request) {
+        let deadline = Instant::now() + self.cfg.request_timeout;
+        match request {
+            Request::Propose { data, reply } => {
+                let raft = &self.raw.raft;
+                if raft.state != StateRole::Leader {
+                    // Followers would forward to the leader, but could not learn the entry's
+                    // index to answer the proposer; issue 5 decides (etcd forwards requests).
+                    let _ = reply.send(Err(RaftError::NotLeader {
+                        leader_id: raft.leader_id,
+                    }));
+                    return;
+                }
+                let term = raft.term;
+                if let Err(e) = self.raw.propose(Vec::new(), data) {
+                    let _ = reply.send(Err(e.into()));
+                    return;
+                }
+                // A leader appends a proposal to its own log at once: this is its index.
+                let index = self.raw.raft.raft_log.last_index();
+                assert_eq!(self.raw.raft.raft_log.term(index).ok(), Some(term));
+                if let Some(old) = self.proposals.insert(
+                    index,
+                    Proposal {
+                        term,
+                        deadline,
+                        reply,
+                    },
+                ) {
+                    assert!(old.term < term, "one proposal per index and term");
+                    let _ = old.reply.send(Err(RaftError::Dropped { index }));
+                }
+            }
+            Request::ReadIndex { reply } => {
+                self.reads.unsent.push(ReadWaiter { deadline, reply });
+            }
+        }
+    }
+
+    /// Sends all waiting read barriers to raft under one context, once raft can serve them: a
+    /// leader only answers a read index after committing an entry in its term (raft-rs drops the
+    /// request otherwise), a follower forwards it to a known leader.
+    fn issue_reads(&mut self) {
+        if self.reads.unsent.is_empty() {
+            return;
+        }
+        let raft = &self.raw.raft;
+        let ready = match raft.state {
+            StateRole::Leader => raft.commit_to_current_term(),
+            _ => raft.leader_id != raft::INVALID_ID,
+        };
+        if !ready {
+            return;
+        }
+        let ctx = self.reads.next_ctx;
+        self.reads.next_ctx += 1;
+        let waiters = std::mem::take(&mut self.reads.unsent);
+        self.reads.in_flight.insert(ctx, waiters);
+        self.raw.read_index(ctx.to_le_bytes().to_vec());
+    }
+
+    async fn handle_ready(&mut self) -> Result<(), RaftError> {
+        let mut rd = self.raw.ready();
+        send_messages(rd.take_messages());
+        assert!(
+            rd.snapshot().is_empty(),
+            "raft snapshots are never sent to a single member"
+        );
+        self.persist(&mut rd).await?;
+        for rs in rd.take_read_states() {
+            let ctx = u64::from_le_bytes(
+                rs.request_ctx
+                    .as_slice()
+                    .try_into()
+                    .expect("read contexts are 8 bytes"),
+            );
+            if let Some(waiters) = self.reads.in_flight.remove(&ctx) {
+                self.reads.confirmed.push((rs.index, waiters));
+            }
+        }
+        self.apply(rd.take_committed_entries());
+        send_messages(rd.take_persisted_messages());
+
+        let mut light = self.raw.advance_append(rd);
+        if let Some(commit) = light.commit_index() {
+            self.raw.mut_store().set_commit(commit);
+            self.commit_unpersisted = true;
+        }
+        send_messages(light.take_messages());
+        self.apply(light.take_committed_entries());
+        self.raw.advance_apply();
+
+        self.answer_reads();
+        self.maybe_compact().await?;
+        self.publish_status();
+        Ok(())
+    }
+
+    /// Makes the `Ready`'s hard state and entries durable (module doc, step 2).
+    async fn persist(&mut self, rd: &mut Ready) -> Result<(), RaftError> {
+        let entries = rd.take_entries();
+        if let Some(hs) = rd.hs() {
+            self.raw.mut_store().set_hard_state(hs.clone());
+        }
+        if entries.is_empty() && rd.hs().is_none() {
+            return Ok(());
+        }
+        let last_before = self.raw.raft.raft_log.persisted;
+        let chunk_bytes_max = self.cfg.wal.submission_bytes_max() as usize - HARD_STATE_FRAME_BYTES;
+        let mut chunks: Vec<Vec<Record>> = vec![Vec::new()];
+        let mut chunk_bytes = 0;
+        for e in &entries {
+            let record = encode_entry(e);
+            let bytes = record.frame_bytes();
+            if chunk_bytes + bytes > chunk_bytes_max && !chunks[chunks.len() - 1].is_empty() {
+                chunks.push(Vec::new());
+                chunk_bytes = 0;
+            }
+            chunk_bytes += bytes;
+            chunks.last_mut().expect("one chunk").push(record);
+        }
+        // The hard state goes first: a term and vote are durable no later than entries of that
+        // term. Its commit may not pass the last entry durable with it (raft-rs refuses to
+        // start from a commit beyond the log).
+        let first_chunk_last = entries
+            .iter()
+            .take(chunks[0].len())
+            .last()
+            .map_or(last_before, |e| e.index);
+        self.raw.mut_store().append(&entries);
+        let hs = self.raw.store().hard_state();
+        let commit = hs.commit.min(first_chunk_last);
+        chunks[0].insert(
+            0,
+            Record::HardState {
+                term: hs.term,
+                vote: hs.vote,
+                commit,
+            },
+        );
+        self.commit_unpersisted = commit < hs.commit;
+        for chunk in chunks {
+            self.wal.append(chunk).await?;
+        }
+        Ok(())
+    }
+
+    /// Hands committed entries with data to the state machine in one batch and answers their
+    /// proposers.
+    fn apply(&mut self, entries: Vec<Entry>) {
+        if entries.is_empty() {
+            return;
+        }
+        let mut batch = Vec::with_capacity(entries.len());
+        let mut replies = Vec::with_capacity(entries.len());
+        for e in entries {
+            assert_eq!(
+                e.index,
+                self.applied + 1,
+                "committed entries arrive contiguous and in order"
+            );
+            self.applied = e.index;
+            assert_eq!(
+                e.get_entry_type(),
+                EntryType::EntryNormal,
+                "conf changes are never proposed to a single member"
+            );
+            let waiter = self.proposals.remove(&e.index);
+            let pass_over = e.index <= self.skip_through || e.data.is_empty();
+            match waiter {
+                Some(w) if w.term == e.term && !pass_over => replies.push(Some(w.reply)),
+                Some(w) => {
+                    let _ = w.reply.send(Err(RaftError::Dropped { index: e.index }));
+                    if !pass_over {
+                        replies.push(None);
+                    }
+                }
+                None if !pass_over => replies.push(None),
+                None => {}
+            }
+            if !pass_over {
+                batch.push(Committed {
+                    index: e.index,
+                    term: e.term,
+                    data: e.data.to_vec(),
+                });
+            }
+        }
+        if let Some((&first_waiting, _)) = self.proposals.first_key_value() {
+            assert!(
+                first_waiting > self.applied,
+                "a proposal below applied was never answered"
+            );
+        }
+        if batch.is_empty() {
+            return;
+        }
+        let results = self.sm.apply(&batch);
+        assert_eq!(
+            results.len(),
+            batch.len(),
+            "the state machine returns one reply per entry"
+        );
+        for (reply, result) in replies.into_iter().zip(results) {
+            if let Some(reply) = reply {
+                let _ = reply.send(Ok(result));
+            }
+        }
+    }
+
+    fn answer_reads(&mut self) {
+        let applied = self.applied;
+        self.reads.confirmed.retain_mut(|(index, waiters)| {
+            if *index > applied {
+                return true;
+            }
+            for w in waiters.drain(..) {
+                let _ = w.reply.send(Ok(()));
+            }
+            false
+        });
+    }
+
+    /// Compacts the log once the state machine's durable applied index is `snapshot_entries`
+    /// past the snapshot marker (plus the `compact_keep_entries` kept for lagging followers):
+    /// snapshot marker to the WAL (durable first), then the in-memory log, then old segments.
+    async fn maybe_compact(&mut self) -> Result<(), RaftError> {
+        let durable = self.sm.applied_index().min(self.applied);
+        let snapshot_index = self.raw.store().snapshot_index();
+        let target = durable.saturating_sub(self.cfg.compact_keep_entries);
+        if target <= snapshot_index || target - snapshot_index < self.cfg.snapshot_entries {
+            return Ok(());
+        }
+        let term = raft::Storage::term(self.raw.store(), target)?;
+        let hs = self.raw.store().hard_state().clone();
+        assert!(
+            hs.commit >= target,
+            "only applied, hence committed, entries are compacted"
+        );
+        self.wal
+            .append(vec![
+                Record::HardState {
+                    term: hs.term,
+                    vote: hs.vote,
+                    commit: hs.commit.min(self.raw.raft.raft_log.persisted),
+                },
+                Record::Snapshot {
+                    index: target,
+                    term,
+                },
+            ])
+            .await?;
+        self.raw.mut_store().compact(target);
+        self.wal.release_to(target).await?;
+        Ok(())
+    }
+
+    fn expire_requests(&mut self, now: Instant) {
+        let expired: Vec<u64> = self
+            .proposals
+            .iter()
+            .filter(|(_, p)| p.deadline <= now)
+            .map(|(&index, _)| index)
+            .collect();
+        for index in expired {
+            let p = self.proposals.remove(&index).expect("listed");
+            let _ = p.reply.send(Err(RaftError::Timeout));
+        }
+        let expire = |waiters: &mut Vec<ReadWaiter>| {
+            let mut kept = Vec::with_capacity(waiters.len());
+            for w in waiters.drain(..) {
+                if w.deadline <= now {
+                    let _ = w.reply.send(Err(RaftError::Timeout));
+                } else {
+                    kept.push(w);
+                }
+            }
+            *waiters = kept;
+        };
+        expire(&mut self.reads.unsent);
+        self.reads.in_flight.values_mut().for_each(expire);
+        self.reads.confirmed.iter_mut().for_each(|(_, w)| expire(w));
+        self.reads.in_flight.retain(|_, w| !w.is_empty());
+        self.reads.confirmed.retain(|(_, w)| !w.is_empty());
+    }
+
+    fn publish_status(&self) {
+        let raft = &self.raw.raft;
+        *self.shared.status.lock() = RaftStatus {
+            member_id: self.cfg.member_id,
+            cluster_id: self.cfg.cluster_id,
+            term: raft.term,
+            leader_id: raft.leader_id,
+            commit_index: raft.raft_log.committed,
+            applied_index: self.applied,
+        };
+    }
+
+    /// Fails everything pending, writes the commit index if it is behind, stops the WAL writer.
+    async fn stop(mut self, result: Result<(), RaftError>) {
+        let reason = result.as_ref().err().map(ToString::to_string);
+        let error = || match &reason {
+            None => RaftError::Stopped,
+            Some(reason) => RaftError::Halted {
+                reason: reason.clone(),
+            },
+        };
+        for request in self.shared.queue.close() {
+            request.fail(error);
+        }
+        for (_, p) in std::mem::take(&mut self.proposals) {
+            let _ = p.reply.send(Err(error()));
+        }
+        let reads = std::mem::take(&mut self.reads);
+        let waiters = reads
+            .unsent
+            .into_iter()
+            .chain(reads.in_flight.into_values().flatten())
+            .chain(reads.confirmed.into_iter().flat_map(|(_, w)| w));
+        for w in waiters {
+            let _ = w.reply.send(Err(error()));
+        }
+        if result.is_ok() && self.commit_unpersisted {
+            let hs = self.raw.store().hard_state();
+            let flushed = self
+                .wal
+                .append(vec![Record::HardState {
+                    term: hs.term,
+                    vote: hs.vote,
+                    commit: hs.commit.min(self.raw.raft.raft_log.persisted),
+                }])
+                .await;
+            if let Err(e) = flushed {
+                eprintln!(
+                    "raft[{:x}]: writing the commit index at shutdown failed: {e}",
+                    self.cfg.member_id
+                );
+            }
+        }
+        let _ = self.wal.shutdown().await;
+        if let Some(reason) = &reason {
+            eprintln!("raft[{:x}]: halted: {reason}", self.cfg.member_id);
+        }
+        self.publish_status();
+    }
+}

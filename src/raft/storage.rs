@@ -1,0 +1,258 @@
+//! `LogStore`: the raft log as raft-rs reads it (`raft::Storage`), an in-memory copy of the
+//! persisted entries rebuilt from the WAL at start; and the encoding of raft entries as WAL
+//! records.
+//!
+//! The WAL is the durable copy; this is the cache raft-rs reads. The raft loop writes an entry to
+//! the WAL and appends it here before telling raft-rs it is persisted, and compacts both at the
+//! same snapshot marker, so the two hold the same entries above the marker at every `advance`.
+//!
+//! # Entry encoding in the WAL
+//!
+//! A WAL entry record holds `index`, `term` and opaque data. Raft entries also carry a type, so
+//! the WAL data is `[entry_type: u8] ++ entry.data` (0 normal, 1 conf change, 2 conf change v2).
+//! `Entry::context` is not stored: the engine never sets it (asserted on persist).
+
+use raft::eraftpb::{ConfState, Entry, EntryType, HardState, Snapshot};
+use raft::{GetEntriesContext, RaftState, Storage, StorageError};
+
+use super::RaftError;
+use crate::wal::{self, Record};
+
+/// The raft log above the newest snapshot marker, plus the hard and conf state raft-rs starts
+/// from.
+///
+/// Invariant: `entries[i].index == snapshot_index + 1 + i` (contiguous, starting right after the
+/// marker), and every entry's term is at least `snapshot_term` and not below its predecessor's.
+#[derive(Debug, Default)]
+pub struct LogStore {
+    hard_state: HardState,
+    conf_state: ConfState,
+    /// Everything at or below this index is compacted; its term is kept for raft's log matching.
+    snapshot_index: u64,
+    snapshot_term: u64,
+    entries: Vec<Entry>,
+}
+
+impl LogStore {
+    /// An empty log whose members are `conf_state`.
+    pub fn new(conf_state: ConfState) -> Self {
+        LogStore {
+            conf_state,
+            ..LogStore::default()
+        }
+    }
+
+    /// The log as the WAL recovered it.
+    pub fn from_recovered(
+        recovered: &wal::Recovered,
+        conf_state: ConfState,
+    ) -> Result<Self, RaftError> {
+        let mut store = LogStore::new(conf_state);
+        if let Some(snap) = recovered.snapshot {
+            store.snapshot_index = snap.index;
+            store.snapshot_term = snap.term;
+        }
+        let mut entries = Vec::with_capacity(recovered.entries.len());
+        for e in &recovered.entries {
+            entries.push(decode_entry(e)?);
+        }
+        store.append(&entries);
+        if let Some(hs) = recovered.hard_state {
+            store.hard_state.term = hs.term;
+            store.hard_state.vote = hs.vote;
+            store.hard_state.commit = hs.commit;
+        }
+        // Everything up to the snapshot marker was applied, hence committed, and raft-rs
+        // requires commit >= first_index - 1. The engine writes a hard state with every marker,
+        // so this only matters for a log whose newest hard state predates its marker.
+        store.hard_state.commit = store.hard_state.commit.max(store.snapshot_index);
+        if store.hard_state.commit > store.last() {
+            return Err(RaftError::CorruptLog(format!(
+                "hard state commit {} is past the last entry {}",
+                store.hard_state.commit,
+                store.last()
+            )));
+        }
+        Ok(store)
+    }
+
+    pub fn hard_state(&self) -> &HardState {
+        &self.hard_state
+    }
+
+    pub fn set_hard_state(&mut self, hs: HardState) {
+        self.hard_state = hs;
+    }
+
+    pub fn set_commit(&mut self, commit: u64) {
+        self.hard_state.commit = commit;
+    }
+
+    pub fn snapshot_index(&self) -> u64 {
+        self.snapshot_index
+    }
+
+    fn first(&self) -> u64 {
+        self.snapshot_index + 1
+    }
+
+    fn last(&self) -> u64 {
+        self.snapshot_index + self.entries.len() as u64
+    }
+
+    /// Appends `entries`, replacing every entry at or after the first one's index (raft rewrites
+    /// its log tail after a leader change), as the WAL does on replay.
+    pub fn append(&mut self, entries: &[Entry]) {
+        let Some(first) = entries.first() else {
+            return;
+        };
+        assert!(
+            first.index > self.snapshot_index && first.index <= self.last() + 1,
+            "append at {} leaves a gap or rewrites compacted entries (log {}..={})",
+            first.index,
+            self.first(),
+            self.last()
+        );
+        for pair in entries.windows(2) {
+            assert_eq!(pair[0].index + 1, pair[1].index, "entries are contiguous");
+            assert!(pair[0].term <= pair[1].term, "terms never decrease");
+        }
+        self.entries
+            .truncate((first.index - self.snapshot_index - 1) as usize);
+        if let Some(prev) = self.entries.last() {
+            assert!(prev.term <= first.term, "terms never decrease");
+        } else {
+            assert!(self.snapshot_term <= first.term, "terms never decrease");
+        }
+        self.entries.extend_from_slice(entries);
+    }
+
+    /// Drops the entries up to and including `index`, keeping its term as the snapshot term.
+    /// `index` must be in the log; an index at or below the current marker is a no-op.
+    pub fn compact(&mut self, index: u64) {
+        if index <= self.snapshot_index {
+            return;
+        }
+        assert!(
+            index <= self.last(),
+            "compact to {index} beyond the last entry {}",
+            self.last()
+        );
+        let n = (index - self.snapshot_index) as usize;
+        self.snapshot_term = self.entries[n - 1].term;
+        self.snapshot_index = index;
+        self.entries.drain(..n);
+    }
+}
+
+impl Storage for LogStore {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        Ok(RaftState::new(
+            self.hard_state.clone(),
+            self.conf_state.clone(),
+        ))
+    }
+
+    /// Entries `[low, high)`, at least one if the range is not empty, then as many more as fit in
+    /// `max_size` bytes. `Compacted` if `low` is at or below the snapshot marker; panics if
+    /// `high` is past `last_index() + 1` (raft-rs's contract).
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        if low <= self.snapshot_index {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        assert!(
+            high <= self.last() + 1,
+            "entries [{low}, {high}) past the last index {}",
+            self.last()
+        );
+        assert!(low <= high, "entries [{low}, {high}): empty range reversed");
+        let lo = (low - self.first()) as usize;
+        let hi = (high - self.first()) as usize;
+        let mut out = self.entries[lo..hi].to_vec();
+        raft::util::limit_size(&mut out, max_size.into());
+        Ok(out)
+    }
+
+    /// Term of `idx` for `idx` in `[first_index() - 1, last_index()]`: the snapshot marker keeps
+    /// the term of the last compacted entry. `Compacted` below, `Unavailable` above.
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        if idx == self.snapshot_index {
+            return Ok(self.snapshot_term);
+        }
+        if idx < self.snapshot_index {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        if idx > self.last() {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        Ok(self.entries[(idx - self.first()) as usize].term)
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(self.first())
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(self.last())
+    }
+
+    /// The engine keeps no state-machine snapshots yet: a follower too far behind for the log
+    /// cannot be caught up, so raft-rs is told to retry later (never given an empty snapshot
+    /// that would skip state). Single-member clusters never ask.
+    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        Err(raft::Error::Store(
+            StorageError::SnapshotTemporarilyUnavailable,
+        ))
+    }
+}
+
+/// The WAL record of a raft entry (see the module doc for the data layout).
+pub fn encode_entry(e: &Entry) -> Record {
+    assert!(e.context.is_empty(), "entry context is never set");
+    let tag = match e.get_entry_type() {
+        EntryType::EntryNormal => 0u8,
+        EntryType::EntryConfChange => 1,
+        EntryType::EntryConfChangeV2 => 2,
+    };
+    let mut data = Vec::with_capacity(1 + e.data.len());
+    data.push(tag);
+    data.extend_from_slice(&e.data);
+    Record::Entry {
+        index: e.index,
+        term: e.term,
+        data,
+    }
+}
+
+/// The raft entry of a recovered WAL entry record.
+pub fn decode_entry(e: &wal::Entry) -> Result<Entry, RaftError> {
+    let Some((&tag, data)) = e.data.split_first() else {
+        return Err(RaftError::CorruptLog(format!(
+            "entry {} has no entry-type byte",
+            e.index
+        )));
+    };
+    let entry_type = match tag {
+        0 => EntryType::EntryNormal,
+        1 => EntryType::EntryConfChange,
+        2 => EntryType::EntryConfChangeV2,
+        _ => {
+            return Err(RaftError::CorruptLog(format!(
+                "entry {} has unknown entry type {tag}",
+                e.index
+            )))
+        }
+    };
+    let mut out = Entry::default();
+    out.set_entry_type(entry_type);
+    out.index = e.index;
+    out.term = e.term;
+    out.data = data.to_vec().into();
+    Ok(out)
+}
