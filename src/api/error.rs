@@ -32,6 +32,10 @@ pub enum ApiError {
     Stopped,
     #[error("etcdserver: no leader")]
     NoLeader,
+    #[error("etcdserver: not leader")]
+    NotLeader,
+    #[error("etcdserver: too many requests")]
+    TooManyRequests,
     #[error("etcdserver: request timed out")]
     Timeout,
     /// A storage or internal failure; etcd answers these with code Unknown and the error text.
@@ -44,7 +48,10 @@ impl From<ConsensusError> for ApiError {
         match error {
             ConsensusError::Stopped => ApiError::Stopped,
             ConsensusError::NoLeader => ApiError::NoLeader,
+            ConsensusError::NotLeader => ApiError::NotLeader,
             ConsensusError::Timeout => ApiError::Timeout,
+            ConsensusError::TooLarge => ApiError::RequestTooLarge,
+            ConsensusError::TooManyRequests => ApiError::TooManyRequests,
             ConsensusError::Other(message) => ApiError::Internal(message),
         }
     }
@@ -64,7 +71,10 @@ impl ApiError {
             | ApiError::Apply(ApplyError::KeyNotFound) => Code::InvalidArgument,
             ApiError::Apply(ApplyError::LeaseNotFound) => Code::NotFound,
             ApiError::Apply(ApplyError::Compacted | ApplyError::FutureRevision) => Code::OutOfRange,
-            ApiError::Stopped | ApiError::NoLeader | ApiError::Timeout => Code::Unavailable,
+            ApiError::Stopped | ApiError::NoLeader | ApiError::NotLeader | ApiError::Timeout => {
+                Code::Unavailable
+            }
+            ApiError::TooManyRequests => Code::ResourceExhausted,
             ApiError::Internal(_) => Code::Unknown,
         }
     }

@@ -24,8 +24,14 @@ pub enum ConsensusError {
     Stopped,
     #[error("no leader")]
     NoLeader,
+    #[error("not leader")]
+    NotLeader,
     #[error("request timed out")]
     Timeout,
+    #[error("request too large")]
+    TooLarge,
+    #[error("too many requests")]
+    TooManyRequests,
     #[error("{0}")]
     Other(String),
 }

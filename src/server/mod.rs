@@ -10,10 +10,10 @@
 //! ```
 
 pub mod ids;
-pub mod local;
+pub mod raft_log;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use ringkv_proto::etcdserverpb::kv_server::KvServer;
@@ -26,6 +26,7 @@ use crate::apply::Applier;
 use crate::config::{Config, CorePlacement, Scheme, Url};
 use crate::mvcc::{Mvcc, MvccError};
 use crate::page_store::{PageStore, PageStoreConfig, PageStoreError};
+use crate::raft::{self, RaftConfig, RaftError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -44,6 +45,8 @@ pub enum ServerError {
     PageStore(#[from] PageStoreError),
     #[error("cannot open MVCC: {0}")]
     Mvcc(#[from] MvccError),
+    #[error("cannot start raft: {0}")]
+    Raft(#[from] RaftError),
     #[error("runtime: {0}")]
     Runtime(std::io::Error),
     #[error("gRPC server: {0}")]
@@ -86,13 +89,12 @@ pub fn run(config: &Config) -> Result<(), ServerError> {
         mvcc.page_store().consistent_index()
     );
     let applier = Applier::new(mvcc.clone());
-    let log = Arc::new(local::LocalLog::start(
-        applier,
-        ids.member_id,
-        config.tuning.queues.proposal_queue_depth,
-        config.tuning.wal.batch_records_max as usize,
-        config.tuning.placement.raft,
-    ));
+    // Returns once the WAL is replayed into MVCC and this member leads.
+    let handle = raft::start(
+        raft_config(config, &wal_dir, ids),
+        Box::new(raft_log::ApplierSm(applier)),
+    )?;
+    let log = Arc::new(raft_log::RaftLog { handle });
     let ctx = Arc::new(Context {
         mvcc,
         consensus: log.clone(),
@@ -117,10 +119,32 @@ pub fn run(config: &Config) -> Result<(), ServerError> {
         .build()
         .map_err(ServerError::Runtime)?;
     let served = runtime.block_on(serve(config, ctx, ids));
-    log.shutdown();
+    // Everything acknowledged is already durable; this stops the loop and the WAL writer.
+    log.handle.shutdown();
     served?;
     eprintln!("ringkv: info: stopped");
     Ok(())
+}
+
+/// etcd's flags and the tuning profile in the raft engine's terms.
+fn raft_config(config: &Config, wal_dir: &Path, ids: ids::Ids) -> RaftConfig {
+    let tuning = &config.tuning;
+    let mut cfg = RaftConfig::new(wal_dir, ids.member_id, ids.cluster_id);
+    cfg.heartbeat = config.heartbeat_interval;
+    cfg.election_timeout = config.election_timeout;
+    cfg.raft_cpu = match tuning.placement.raft {
+        CorePlacement::Core(core) => Some(core),
+        CorePlacement::Shared => None,
+    };
+    cfg.proposal_queue_depth = tuning.queues.proposal_queue_depth;
+    cfg.max_batch_entries = tuning.wal.batch_records_max as usize;
+    cfg.wal.batch_bytes_max = tuning.wal.batch_bytes_max as usize;
+    cfg.wal.batch_records_max = tuning.wal.batch_records_max as usize;
+    cfg.wal.batch_delay_us = tuning.wal.batch_delay_us;
+    // The API refuses larger proposals first, with etcd's error.
+    cfg.proposal_bytes_max = usize::try_from(config.max_request_bytes).unwrap_or(usize::MAX);
+    cfg.snapshot_entries = config.snapshot_count.max(1);
+    cfg
 }
 
 /// The tuning profile's page-store settings over the store's defaults.
