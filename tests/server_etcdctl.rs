@@ -262,10 +262,11 @@ fn request_errors_match_etcd() {
     let out = etcdctl(e, &["put", "huge"], Some(&huge));
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    // etcd (grpc-go): ResourceExhausted "grpc: received message larger than max (N vs. M)";
-    // tonic words it "decoded message length too large: found N bytes, the limit is: M bytes".
+    let last = stderr.lines().last().unwrap_or_default();
     assert!(
-        stderr.contains("too large") || stderr.contains("larger than max"),
+        last.starts_with(
+            "Error: rpc error: code = ResourceExhausted desc = grpc: received message larger than max ("
+        ) && last.ends_with(" vs. 528384)"),
         "{stderr}"
     );
     // The server survives all of it.

@@ -5,6 +5,7 @@
 
 pub mod error;
 pub mod kv;
+pub mod limit;
 pub mod maintenance;
 pub mod validate;
 

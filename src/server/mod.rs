@@ -185,8 +185,8 @@ async fn serve(config: &Config, ctx: Arc<Context>, ids: ids::Ids) -> Result<(), 
         let local = listener.local_addr().ok();
         servers.spawn(async move {
             let result = tonic::transport::Server::builder()
-                .add_service(kv)
-                .add_service(maintenance)
+                .add_service(api::limit::GrpcGoLimitStatus(kv))
+                .add_service(api::limit::GrpcGoLimitStatus(maintenance))
                 .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
                     let _ = stop.wait_for(|stop| *stop).await;
                 })
