@@ -32,6 +32,8 @@ use crate::raft::{self, RaftConfig, RaftError};
 pub enum ServerError {
     #[error("client URL {0}: only http client URLs are supported so far")]
     UnsupportedScheme(String),
+    #[error("--initial-cluster lists {0} members; ringkv runs single-member clusters only so far")]
+    MultiMember(usize),
     #[error("cannot resolve client URL {url}: {source}")]
     Resolve { url: String, source: std::io::Error },
     #[error("cannot listen on {url}: {source}")]
@@ -59,6 +61,11 @@ pub fn run(config: &Config) -> Result<(), ServerError> {
         if url.scheme != Scheme::Http {
             return Err(ServerError::UnsupportedScheme(url.to_string()));
         }
+    }
+    // The raft engine has no transport yet: a member of a larger cluster would elect itself.
+    let members = config.initial_cluster.members.len();
+    if members > 1 {
+        return Err(ServerError::MultiMember(members));
     }
     let member_dir = config.data_dir.join("member");
     let snap_dir = member_dir.join("snap");
