@@ -143,6 +143,12 @@ impl Server {
     pub fn restart(&mut self) {
         self.launch();
     }
+
+    /// Starts the server again on the same ports and data dir with other extra flags.
+    pub fn restart_with(&mut self, extra: &[&str]) {
+        self.extra = extra.iter().map(|s| (*s).to_owned()).collect();
+        self.launch();
+    }
 }
 
 impl Drop for Server {
