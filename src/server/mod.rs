@@ -67,7 +67,14 @@ pub fn run(config: &Config) -> Result<(), ServerError> {
     if members > 1 {
         return Err(ServerError::MultiMember(members));
     }
-    let member_dir = config.data_dir.join("member");
+    // Absolute: the WAL's glommio directory open fails on a relative path (EBADF), and a
+    // default data dir (`default.etcd`) is relative.
+    let data_dir =
+        std::path::absolute(&config.data_dir).map_err(|source| ServerError::DataDir {
+            path: config.data_dir.clone(),
+            source,
+        })?;
+    let member_dir = data_dir.join("member");
     let snap_dir = member_dir.join("snap");
     let wal_dir = member_dir.join("wal");
     for dir in [&snap_dir, &wal_dir] {
@@ -238,8 +245,14 @@ async fn resolve(url: &Url) -> Result<Vec<SocketAddr>, ServerError> {
             source,
         })?
         .collect();
-    // `localhost` may resolve to both 127.0.0.1 and ::1; etcd binds the first address only.
-    Ok(addrs.into_iter().take(1).collect())
+    // `localhost` may resolve to both 127.0.0.1 and ::1; etcd (Go's resolver) binds one
+    // address, preferring IPv4, and so do we.
+    let first = addrs
+        .iter()
+        .find(|addr| addr.is_ipv4())
+        .or_else(|| addrs.first())
+        .copied();
+    Ok(first.into_iter().collect())
 }
 
 async fn wait_for_signal() -> &'static str {
