@@ -1,15 +1,10 @@
-//! The `ringkv` binary. For now it parses and checks the configuration exactly as the server
-//! will (etcd's flags, `ETCD_*` variables, `--config-file`, `--tuning-profile`) and then stops:
-//! the server itself is not wired in yet, and the binary says so rather than pretending to serve.
+//! The `ringkv` binary: parses and checks the configuration (etcd's flags, `ETCD_*` variables,
+//! `--config-file`, `--tuning-profile`), then runs the server until SIGTERM or SIGINT.
 
 use std::num::NonZeroUsize;
 use std::process::ExitCode;
 
 use ringkv::config::{self, ConfigError, Invocation, LogLevel, API_VERSION};
-
-/// Exit status for "configuration valid, but there is no server to run yet": sysexits'
-/// EX_UNAVAILABLE, so a supervisor never mistakes this for a clean shutdown or a bad flag.
-const EXIT_SERVER_NOT_BUILT: u8 = 69;
 
 fn main() -> ExitCode {
     ignore_empty_etcd_env();
@@ -38,12 +33,13 @@ fn main() -> ExitCode {
                     config.tuning_source, config.tuning
                 );
             }
-            eprintln!(
-                "ringkv: configuration for member {:?} (data dir {}) is valid, but the server is not built yet; exiting without serving",
-                config.name,
-                config.data_dir.display()
-            );
-            ExitCode::from(EXIT_SERVER_NOT_BUILT)
+            match ringkv::server::run(&config) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("ringkv: error: {error}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         // clap prints usage errors itself (exit 2) and --help (exit 0).
         Err(ConfigError::Cli(error)) => error.exit(),

@@ -220,18 +220,29 @@ fn single_dash_long_flags_work_like_etcd() {
     );
 }
 
+/// The binary now runs the server; an https client URL is refused before anything is created
+/// (TLS is not wired yet), after the debug log has shown the resolved configuration.
 #[test]
-fn valid_config_says_the_server_is_not_built() {
-    let output = ringkv(&[], &[]);
-    assert_eq!(output.status.code(), Some(69));
-    assert!(stderr(&output).contains("the server is not built yet"));
-
-    let debug = ringkv(&["--log-level", "debug"], &[]);
-    assert_eq!(debug.status.code(), Some(69));
+fn debug_log_shows_config_and_https_is_refused() {
+    let debug = ringkv(
+        &[
+            "--log-level",
+            "debug",
+            "--listen-client-urls",
+            "https://127.0.0.1:0",
+            "--advertise-client-urls",
+            "https://127.0.0.1:0",
+            "--data-dir",
+            "/nonexistent/ringkv-never-created",
+        ],
+        &[],
+    );
+    assert_eq!(debug.status.code(), Some(1));
     let err = stderr(&debug);
     assert!(
         err.contains("resolved configuration:")
-            && err.contains("listen-client-urls: http://localhost:2379"),
+            && err.contains("listen-client-urls: https://127.0.0.1:0")
+            && err.contains("only http client URLs are supported so far"),
         "{err}"
     );
 }

@@ -1,0 +1,89 @@
+//! The gRPC front end: etcd's KV service (and a minimal Maintenance.Status) as tonic services.
+//! Requests are validated here (`validate`), writes become raft proposals through
+//! [`Consensus`], reads are served from MVCC after a ReadIndex (or at once when serializable),
+//! and every error is turned into a gRPC status in one place (`error`).
+
+pub mod error;
+pub mod kv;
+pub mod limit;
+pub mod maintenance;
+pub mod validate;
+
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use ringkv_proto::etcdserverpb::ResponseHeader;
+
+use crate::mvcc::Mvcc;
+
+pub use error::ApiError;
+
+/// Why the consensus layer could not carry a request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConsensusError {
+    #[error("server stopped")]
+    Stopped,
+    #[error("no leader")]
+    NoLeader,
+    #[error("not leader")]
+    NotLeader,
+    #[error("request timed out")]
+    Timeout,
+    #[error("request too large")]
+    TooLarge,
+    #[error("too many requests")]
+    TooManyRequests,
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Raft as the API layer sees it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConsensusStatus {
+    pub term: u64,
+    pub leader_id: u64,
+    pub commit_index: u64,
+    pub applied_index: u64,
+}
+
+/// The replicated log the API proposes writes to: `propose` resolves with the state machine's
+/// output for the entry once it is committed and applied; `read_index` resolves once everything
+/// committed before the call has been applied (a linearizable read may then read MVCC).
+pub trait Consensus: Send + Sync + 'static {
+    fn propose(&self, data: Vec<u8>) -> BoxFuture<'static, Result<Vec<u8>, ConsensusError>>;
+    fn read_index(&self) -> BoxFuture<'static, Result<(), ConsensusError>>;
+    fn status(&self) -> ConsensusStatus;
+}
+
+/// Limits checked before a request reaches raft.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// etcd's `--max-request-bytes`: the largest encoded proposal.
+    pub max_request_bytes: u64,
+    pub max_txn_ops: u64,
+}
+
+/// What every service shares.
+pub struct Context {
+    pub mvcc: Mvcc,
+    pub consensus: Arc<dyn Consensus>,
+    pub cluster_id: u64,
+    pub member_id: u64,
+    pub limits: Limits,
+}
+
+impl Context {
+    /// Completes a response header with this member's ids and the raft term.
+    pub fn fill(&self, header: &mut Option<ResponseHeader>) {
+        let header = header.get_or_insert_with(ResponseHeader::default);
+        header.cluster_id = self.cluster_id;
+        header.member_id = self.member_id;
+        header.raft_term = self.consensus.status().term;
+    }
+}
+
+/// etcd's gRPC receive limit: the request bound plus room for the envelope (`grpcOverheadBytes`).
+pub fn max_decoding_message_bytes(max_request_bytes: u64) -> usize {
+    const GRPC_OVERHEAD_BYTES: u64 = 512 * 1024;
+    usize::try_from(max_request_bytes.saturating_add(GRPC_OVERHEAD_BYTES)).unwrap_or(usize::MAX)
+}

@@ -1,0 +1,369 @@
+//! The applier on MVCC over an in-memory page store: etcd's answers for puts, deletes, txns
+//! (compares, nested txns, check-before-write) and compaction, and replay idempotence.
+
+use std::sync::Arc;
+
+use prost::Message;
+use ringkv_proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
+use ringkv_proto::etcdserverpb::{
+    request_op, response_op, CompactionRequest, Compare, DeleteRangeRequest, PutRequest,
+    RangeRequest, RequestOp, TxnRequest, TxnResponse,
+};
+
+use super::entry::{ApplyError, Outcome, OutcomeResult, Proposal, ProposalRequest};
+use super::exec::{self, ReadAt};
+use super::Applier;
+use crate::mvcc::Mvcc;
+use crate::page_store::{PageStore, PageStoreConfig, SimDisk};
+
+struct Harness {
+    mvcc: Mvcc,
+    applier: Applier,
+    index: u64,
+}
+
+impl Harness {
+    fn new() -> Harness {
+        let store =
+            PageStore::open_on(Arc::new(SimDisk::new()), PageStoreConfig::default()).unwrap();
+        let mvcc = Mvcc::open(store).unwrap();
+        let applier = Applier::new(mvcc.clone());
+        Harness {
+            mvcc,
+            applier,
+            index: 0,
+        }
+    }
+
+    fn apply(&mut self, request: ProposalRequest) -> Result<OutcomeResult, ApplyError> {
+        self.index += 1;
+        let bytes = Proposal::new(request).encode_to_vec();
+        let out = Outcome::decode(self.applier.apply_entry(self.index, &bytes).as_slice()).unwrap();
+        match out.result.unwrap() {
+            OutcomeResult::Error(code) => Err(ApplyError::from_code(code).unwrap()),
+            result => Ok(result),
+        }
+    }
+
+    fn put(&mut self, key: &str, value: &str) -> i64 {
+        let Ok(OutcomeResult::Put(resp)) = self.apply(ProposalRequest::Put(put_req(key, value)))
+        else {
+            panic!("put failed")
+        };
+        resp.header.unwrap().revision
+    }
+
+    fn txn(&mut self, req: TxnRequest) -> Result<TxnResponse, ApplyError> {
+        self.apply(ProposalRequest::Txn(req)).map(|r| match r {
+            OutcomeResult::Txn(t) => t,
+            _ => panic!("not a txn response"),
+        })
+    }
+
+    fn get(&self, key: &str) -> Option<(String, i64)> {
+        let req = RangeRequest {
+            key: key.into(),
+            ..RangeRequest::default()
+        };
+        let resp = exec::range(&ReadAt::current(&self.mvcc), &req).unwrap();
+        resp.kvs.first().map(|kv| {
+            (
+                String::from_utf8(kv.value.clone()).unwrap(),
+                kv.mod_revision,
+            )
+        })
+    }
+}
+
+fn put_req(key: &str, value: &str) -> PutRequest {
+    PutRequest {
+        key: key.into(),
+        value: value.into(),
+        ..PutRequest::default()
+    }
+}
+
+fn op_put(key: &str, value: &str) -> RequestOp {
+    RequestOp {
+        request: Some(request_op::Request::RequestPut(put_req(key, value))),
+    }
+}
+
+fn op_get(key: &str) -> RequestOp {
+    RequestOp {
+        request: Some(request_op::Request::RequestRange(RangeRequest {
+            key: key.into(),
+            ..RangeRequest::default()
+        })),
+    }
+}
+
+fn cmp(key: &str, target: CompareTarget, result: CompareResult, union: TargetUnion) -> Compare {
+    Compare {
+        result: result as i32,
+        target: target as i32,
+        key: key.into(),
+        target_union: Some(union),
+        range_end: Vec::new(),
+    }
+}
+
+#[test]
+fn put_flags_answer_like_etcd() {
+    let mut h = Harness::new();
+    assert_eq!(h.put("a", "1"), 2);
+    let req = PutRequest {
+        prev_kv: true,
+        ..put_req("a", "2")
+    };
+    let Ok(OutcomeResult::Put(resp)) = h.apply(ProposalRequest::Put(req)) else {
+        panic!()
+    };
+    let prev = resp.prev_kv.unwrap();
+    assert_eq!(
+        (prev.value.as_slice(), prev.mod_revision, prev.version),
+        (&b"1"[..], 2, 1)
+    );
+    assert_eq!(resp.header.unwrap().revision, 3);
+
+    let ignore = PutRequest {
+        ignore_value: true,
+        ..put_req("missing", "")
+    };
+    assert_eq!(
+        h.apply(ProposalRequest::Put(ignore)),
+        Err(ApplyError::KeyNotFound)
+    );
+    let ignore = PutRequest {
+        ignore_value: true,
+        ..put_req("a", "")
+    };
+    h.apply(ProposalRequest::Put(ignore)).unwrap();
+    assert_eq!(h.get("a"), Some(("2".into(), 4)));
+    let leased = PutRequest {
+        lease: 7,
+        ..put_req("b", "x")
+    };
+    assert_eq!(
+        h.apply(ProposalRequest::Put(leased)),
+        Err(ApplyError::LeaseNotFound)
+    );
+    assert_eq!(
+        h.mvcc.current_revision(),
+        4,
+        "refused puts take no revision"
+    );
+}
+
+#[test]
+fn delete_range_returns_prev_kvs() {
+    let mut h = Harness::new();
+    h.put("a", "1");
+    h.put("b", "2");
+    h.put("c", "3");
+    let req = DeleteRangeRequest {
+        key: "a".into(),
+        range_end: "c".into(),
+        prev_kv: true,
+    };
+    let Ok(OutcomeResult::DeleteRange(resp)) = h.apply(ProposalRequest::DeleteRange(req)) else {
+        panic!()
+    };
+    assert_eq!(resp.deleted, 2);
+    assert_eq!(resp.prev_kvs.len(), 2);
+    assert_eq!(resp.header.unwrap().revision, 5);
+    let none = DeleteRangeRequest {
+        key: "zz".into(),
+        ..DeleteRangeRequest::default()
+    };
+    let Ok(OutcomeResult::DeleteRange(resp)) = h.apply(ProposalRequest::DeleteRange(none)) else {
+        panic!()
+    };
+    assert_eq!((resp.deleted, resp.header.unwrap().revision), (0, 5));
+}
+
+#[test]
+fn txn_compares_every_target() {
+    use CompareResult::{Equal, Greater, Less, NotEqual};
+    use CompareTarget::{Create, Lease, Mod, Value, Version};
+
+    let mut h = Harness::new();
+    h.put("k", "v"); // rev 2, version 1
+    h.put("k", "w"); // rev 3, version 2
+    let holds = |h: &mut Harness, c: Compare| {
+        h.txn(TxnRequest {
+            compare: vec![c],
+            success: vec![],
+            failure: vec![],
+        })
+        .unwrap()
+        .succeeded
+    };
+    assert!(holds(
+        &mut h,
+        cmp("k", Value, Equal, TargetUnion::Value("w".into()))
+    ));
+    assert!(holds(
+        &mut h,
+        cmp("k", Value, Greater, TargetUnion::Value("v".into()))
+    ));
+    assert!(holds(
+        &mut h,
+        cmp("k", Version, Equal, TargetUnion::Version(2))
+    ));
+    assert!(holds(
+        &mut h,
+        cmp("k", Create, Equal, TargetUnion::CreateRevision(2))
+    ));
+    assert!(holds(
+        &mut h,
+        cmp("k", Mod, Less, TargetUnion::ModRevision(4))
+    ));
+    assert!(holds(&mut h, cmp("k", Lease, Equal, TargetUnion::Lease(0))));
+    assert!(holds(
+        &mut h,
+        cmp("k", Version, NotEqual, TargetUnion::Version(1))
+    ));
+    // A missing key has version 0, and a value compare on it always fails.
+    assert!(holds(
+        &mut h,
+        cmp("nope", Version, Equal, TargetUnion::Version(0))
+    ));
+    assert!(!holds(
+        &mut h,
+        cmp("nope", Value, NotEqual, TargetUnion::Value("x".into()))
+    ));
+    // range_end: the compare must hold for every key in the range.
+    h.put("k2", "v");
+    let mut ranged = cmp("k", Value, Equal, TargetUnion::Value("w".into()));
+    ranged.range_end = "l".into();
+    assert!(!holds(&mut h, ranged.clone()));
+    ranged.target_union = Some(TargetUnion::Value("a".into()));
+    ranged.result = Greater as i32;
+    assert!(holds(&mut h, ranged));
+}
+
+#[test]
+fn nested_txn_decides_on_the_state_before_any_write() {
+    let mut h = Harness::new();
+    h.put("a", "1"); // rev 2
+    let nested = TxnRequest {
+        // Sees a = "1" even though the outer success puts a = "2" first.
+        compare: vec![cmp(
+            "a",
+            CompareTarget::Value,
+            CompareResult::Equal,
+            TargetUnion::Value("1".into()),
+        )],
+        success: vec![op_put("b", "then"), op_get("a")],
+        failure: vec![op_put("b", "else")],
+    };
+    let outer = TxnRequest {
+        compare: vec![cmp(
+            "a",
+            CompareTarget::Version,
+            CompareResult::Equal,
+            TargetUnion::Version(1),
+        )],
+        success: vec![
+            op_put("a", "2"),
+            RequestOp {
+                request: Some(request_op::Request::RequestTxn(nested)),
+            },
+        ],
+        failure: vec![],
+    };
+    let resp = h.txn(outer).unwrap();
+    assert!(resp.succeeded);
+    assert_eq!(resp.header.unwrap().revision, 3);
+    let Some(response_op::Response::ResponseTxn(inner)) = &resp.responses[1].response else {
+        panic!()
+    };
+    assert!(inner.succeeded);
+    assert_eq!(inner.header.as_ref().map(|h| h.revision), Some(0));
+    let Some(response_op::Response::ResponseRange(read)) = &inner.responses[1].response else {
+        panic!()
+    };
+    // The range inside the txn sees the txn's own write.
+    assert_eq!(read.kvs[0].value, b"2");
+    assert_eq!(read.header.as_ref().unwrap().revision, 3);
+    assert_eq!(h.get("b"), Some(("then".into(), 3)));
+}
+
+#[test]
+fn refused_txn_writes_nothing() {
+    let mut h = Harness::new();
+    h.put("a", "1");
+    let req = TxnRequest {
+        compare: vec![],
+        success: vec![
+            op_put("x", "1"),
+            RequestOp {
+                request: Some(request_op::Request::RequestPut(PutRequest {
+                    ignore_value: true,
+                    ..put_req("missing", "")
+                })),
+            },
+        ],
+        failure: vec![],
+    };
+    assert_eq!(h.txn(req), Err(ApplyError::KeyNotFound));
+    let future = TxnRequest {
+        compare: vec![],
+        success: vec![
+            op_put("x", "1"),
+            RequestOp {
+                request: Some(request_op::Request::RequestRange(RangeRequest {
+                    key: "a".into(),
+                    revision: 99,
+                    ..RangeRequest::default()
+                })),
+            },
+        ],
+        failure: vec![],
+    };
+    assert_eq!(h.txn(future), Err(ApplyError::FutureRevision));
+    assert_eq!(h.get("x"), None);
+    assert_eq!(h.mvcc.current_revision(), 2);
+}
+
+#[test]
+fn compaction_and_replay() {
+    let mut h = Harness::new();
+    h.put("a", "1");
+    h.put("a", "2");
+    h.put("a", "3");
+    let compact = |h: &mut Harness, revision| {
+        h.apply(ProposalRequest::Compaction(CompactionRequest {
+            revision,
+            physical: false,
+        }))
+    };
+    assert_eq!(compact(&mut h, 9), Err(ApplyError::FutureRevision));
+    let Ok(OutcomeResult::Compaction(resp)) = compact(&mut h, 3) else {
+        panic!()
+    };
+    assert_eq!(resp.header.unwrap().revision, 4);
+    assert_eq!(compact(&mut h, 3), Err(ApplyError::Compacted));
+    let old = RangeRequest {
+        key: "a".into(),
+        revision: 2,
+        ..RangeRequest::default()
+    };
+    assert!(matches!(
+        exec::range(&ReadAt::current(&h.mvcc), &old),
+        Err(exec::ExecError::Refused(ApplyError::Compacted))
+    ));
+    super::finish_compaction(&h.mvcc).unwrap();
+
+    // Replaying an applied entry changes nothing.
+    let applied = h.applier.applied_index();
+    let bytes = Proposal::new(ProposalRequest::Put(put_req("a", "again"))).encode_to_vec();
+    let out = h.applier.apply_entry(applied, &bytes);
+    assert_eq!(Outcome::decode(out.as_slice()).unwrap().result, None);
+    assert_eq!(h.get("a"), Some(("3".into(), 4)));
+    // Raft's empty entries are no-ops.
+    let out = h.applier.apply_entry(applied + 1, &[]);
+    assert_eq!(Outcome::decode(out.as_slice()).unwrap().result, None);
+    assert_eq!(h.applier.applied_index(), applied + 1);
+}

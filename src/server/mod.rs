@@ -1,0 +1,287 @@
+//! Wiring: opens the page store and MVCC in the data dir, starts the log with the applier as
+//! its state machine, serves etcd's gRPC services with tonic on every `--listen-client-urls`
+//! URL, and shuts down cleanly on SIGTERM or SIGINT.
+//!
+//! Data dir layout (etcd's `member/` directory):
+//! ```text
+//! <data-dir>/member/ids     member and cluster ids (`ids`)
+//! <data-dir>/member/wal/    the raft log
+//! <data-dir>/member/snap/   the page store (MVCC's key space)
+//! ```
+
+pub mod ids;
+pub mod raft_log;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use ringkv_proto::etcdserverpb::kv_server::KvServer;
+use ringkv_proto::etcdserverpb::maintenance_server::MaintenanceServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::api::{self, Context, Limits};
+use crate::apply::Applier;
+use crate::config::{Config, CorePlacement, Scheme, Url};
+use crate::mvcc::{Mvcc, MvccError};
+use crate::page_store::{PageStore, PageStoreConfig, PageStoreError};
+use crate::raft::{self, RaftConfig, RaftError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("client URL {0}: only http client URLs are supported so far")]
+    UnsupportedScheme(String),
+    #[error("--initial-cluster lists {0} members; ringkv runs single-member clusters only so far")]
+    MultiMember(usize),
+    #[error("cannot resolve client URL {url}: {source}")]
+    Resolve { url: String, source: std::io::Error },
+    #[error("cannot listen on {url}: {source}")]
+    Listen { url: String, source: std::io::Error },
+    #[error("data dir {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot open the page store: {0}")]
+    PageStore(#[from] PageStoreError),
+    #[error("cannot open MVCC: {0}")]
+    Mvcc(#[from] MvccError),
+    #[error("cannot start raft: {0}")]
+    Raft(#[from] RaftError),
+    #[error("runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error("gRPC server: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+/// Runs the server until SIGTERM or SIGINT.
+pub fn run(config: &Config) -> Result<(), ServerError> {
+    for url in &config.listen_client_urls {
+        if url.scheme != Scheme::Http {
+            return Err(ServerError::UnsupportedScheme(url.to_string()));
+        }
+    }
+    // The raft engine has no transport yet: a member of a larger cluster would elect itself.
+    let members = config.initial_cluster.members.len();
+    if members > 1 {
+        return Err(ServerError::MultiMember(members));
+    }
+    // Absolute: the WAL's glommio directory open fails on a relative path (EBADF), and a
+    // default data dir (`default.etcd`) is relative.
+    let data_dir =
+        std::path::absolute(&config.data_dir).map_err(|source| ServerError::DataDir {
+            path: config.data_dir.clone(),
+            source,
+        })?;
+    let member_dir = data_dir.join("member");
+    let snap_dir = member_dir.join("snap");
+    let wal_dir = member_dir.join("wal");
+    for dir in [&snap_dir, &wal_dir] {
+        std::fs::create_dir_all(dir).map_err(|source| ServerError::DataDir {
+            path: dir.clone(),
+            source,
+        })?;
+    }
+    let derived = ids::derive(
+        &config.initial_cluster,
+        &config.name,
+        &config.initial_cluster_token,
+    );
+    let ids = ids::load_or_record(&member_dir, derived).map_err(|source| ServerError::DataDir {
+        path: member_dir.clone(),
+        source,
+    })?;
+
+    let store = PageStore::open(&snap_dir, page_store_config(config))?;
+    let mvcc = Mvcc::open(store)?;
+    eprintln!(
+        "ringkv: info: opened {} at revision {} (compacted {}), applied index {}",
+        snap_dir.display(),
+        mvcc.current_revision(),
+        mvcc.compacted_revision(),
+        mvcc.page_store().consistent_index()
+    );
+    let applier = Applier::new(mvcc.clone());
+    // Returns once the WAL is replayed into MVCC and this member leads.
+    let handle = raft::start(
+        raft_config(config, &wal_dir, ids),
+        Box::new(raft_log::ApplierSm(applier)),
+    )?;
+    let log = Arc::new(raft_log::RaftLog { handle });
+    let ctx = Arc::new(Context {
+        mvcc,
+        consensus: log.clone(),
+        cluster_id: ids.cluster_id,
+        member_id: ids.member_id,
+        limits: Limits {
+            max_request_bytes: config.max_request_bytes,
+            max_txn_ops: config.max_txn_ops,
+        },
+    });
+
+    let grpc_core = config.tuning.placement.grpc;
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let CorePlacement::Core(_) = grpc_core {
+        // One pinned core: one worker.
+        runtime.worker_threads(1);
+    }
+    let runtime = runtime
+        .thread_name("ringkv-grpc")
+        .on_thread_start(move || pin_current_thread(grpc_core))
+        .enable_all()
+        .build()
+        .map_err(ServerError::Runtime)?;
+    let served = runtime.block_on(serve(config, ctx, ids));
+    // Everything acknowledged is already durable; this stops the loop and the WAL writer.
+    log.handle.shutdown();
+    served?;
+    eprintln!("ringkv: info: stopped");
+    Ok(())
+}
+
+/// etcd's flags and the tuning profile in the raft engine's terms.
+fn raft_config(config: &Config, wal_dir: &Path, ids: ids::Ids) -> RaftConfig {
+    let tuning = &config.tuning;
+    let mut cfg = RaftConfig::new(wal_dir, ids.member_id, ids.cluster_id);
+    cfg.heartbeat = config.heartbeat_interval;
+    cfg.election_timeout = config.election_timeout;
+    cfg.raft_cpu = match tuning.placement.raft {
+        CorePlacement::Core(core) => Some(core),
+        CorePlacement::Shared => None,
+    };
+    cfg.proposal_queue_depth = tuning.queues.proposal_queue_depth;
+    cfg.max_batch_entries = tuning.wal.batch_records_max as usize;
+    cfg.wal.batch_bytes_max = tuning.wal.batch_bytes_max as usize;
+    cfg.wal.batch_records_max = tuning.wal.batch_records_max as usize;
+    cfg.wal.batch_delay_us = tuning.wal.batch_delay_us;
+    // The API refuses larger proposals first, with etcd's error.
+    cfg.proposal_bytes_max = usize::try_from(config.max_request_bytes).unwrap_or(usize::MAX);
+    cfg.snapshot_entries = config.snapshot_count.max(1);
+    cfg
+}
+
+/// The tuning profile's page-store settings over the store's defaults.
+// The placeholder page store has only `cache_bytes`; the real one adds fields that keep their
+// defaults here, so the struct update is needed there and redundant here.
+#[allow(clippy::needless_update)]
+fn page_store_config(config: &Config) -> PageStoreConfig {
+    PageStoreConfig {
+        cache_bytes: usize::try_from(config.tuning.page_store.cache_bytes).unwrap_or(usize::MAX),
+        ..PageStoreConfig::default()
+    }
+}
+
+async fn serve(config: &Config, ctx: Arc<Context>, ids: ids::Ids) -> Result<(), ServerError> {
+    let mut listeners = Vec::new();
+    for url in &config.listen_client_urls {
+        for addr in resolve(url).await? {
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServerError::Listen {
+                    url: url.to_string(),
+                    source,
+                })?;
+            listeners.push((url.clone(), listener));
+        }
+    }
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let max_decoding = api::max_decoding_message_bytes(config.max_request_bytes);
+    let mut servers = tokio::task::JoinSet::new();
+    for (url, listener) in listeners {
+        let kv = KvServer::new(api::kv::KvService::new(ctx.clone()))
+            .max_decoding_message_size(max_decoding)
+            .max_encoding_message_size(usize::MAX);
+        let maintenance =
+            MaintenanceServer::new(api::maintenance::MaintenanceService::new(ctx.clone()))
+                .max_decoding_message_size(max_decoding);
+        let mut stop = stop_rx.clone();
+        let local = listener.local_addr().ok();
+        servers.spawn(async move {
+            let result = tonic::transport::Server::builder()
+                .add_service(api::limit::GrpcGoLimitStatus(kv))
+                .add_service(api::limit::GrpcGoLimitStatus(maintenance))
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                    let _ = stop.wait_for(|stop| *stop).await;
+                })
+                .await;
+            (url, local, result)
+        });
+    }
+    eprintln!(
+        "ringkv: info: ready to serve client requests (member {:016x}, cluster {:016x}, listening on {})",
+        ids.member_id,
+        ids.cluster_id,
+        crate::config::url::join(&config.listen_client_urls)
+    );
+    let signal = wait_for_signal().await;
+    eprintln!("ringkv: info: received {signal}, shutting down");
+    let _ = stop_tx.send(true);
+    let mut first_error = None;
+    while let Some(joined) = servers.join_next().await {
+        match joined {
+            Ok((_, _, Ok(()))) => {}
+            Ok((url, local, Err(error))) => {
+                eprintln!("ringkv: error: serving {url} ({local:?}): {error}");
+                first_error.get_or_insert(ServerError::Serve(error));
+            }
+            Err(error) => eprintln!("ringkv: error: server task: {error}"),
+        }
+    }
+    first_error.map_or(Ok(()), Err)
+}
+
+async fn resolve(url: &Url) -> Result<Vec<SocketAddr>, ServerError> {
+    let port = url.port.unwrap_or(0);
+    let host = if url.host.is_empty() {
+        "0.0.0.0"
+    } else {
+        url.host.as_str()
+    };
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
+        .await
+        .map_err(|source| ServerError::Resolve {
+            url: url.to_string(),
+            source,
+        })?
+        .collect();
+    // `localhost` may resolve to both 127.0.0.1 and ::1; etcd (Go's resolver) binds one
+    // address, preferring IPv4, and so do we.
+    let first = addrs
+        .iter()
+        .find(|addr| addr.is_ipv4())
+        .or_else(|| addrs.first())
+        .copied();
+    Ok(first.into_iter().collect())
+}
+
+async fn wait_for_signal() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    }
+}
+
+/// Pins the calling thread to `core`; `Shared` leaves it to the scheduler. Failure to pin (a
+/// restricted cpuset) is reported and otherwise ignored: placement is tuning, not correctness.
+pub fn pin_current_thread(core: CorePlacement) {
+    let CorePlacement::Core(core) = core else {
+        return;
+    };
+    // SAFETY: `set` is a plain bitmask owned by this frame; sched_setaffinity(0, ..) only reads
+    // it and changes the calling thread's affinity.
+    let result = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(core, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &raw const set)
+    };
+    if result != 0 {
+        eprintln!(
+            "ringkv: warning: cannot pin thread to core {core}: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
