@@ -6,10 +6,12 @@
 //! # Files
 //!
 //! One directory (a [`Disk`]) holds:
-//! - `superblock`: two 4 KiB slots at offsets 0 and 4096, written alternately.
+//! - `superblock`: two 4 KiB slots at offsets 0 and 4096, written alternately. Created at its
+//!   full 8 KiB (slot 1 as zeros, which fail its checksum), so its size never changes again.
 //! - `seg-<id as 16 lower-case hex digits>` (e.g. `seg-000000000000002a`): segments, append-only
 //!   sequences of 4 KiB pages. Segment ids start at 1, increase, and are never reused (the
-//!   superblock records the next id; a crash can at most leave an unused one behind).
+//!   superblock records the next id; a crash can at most leave an unused one behind). Every
+//!   segment is created full size and zero-filled (see Preallocation).
 //!
 //! Any other file is ignored.
 //!
@@ -98,6 +100,29 @@
 //!   them wholly old or wholly new under the sector model; the checksum catches anything less
 //!   atomic.
 //!
+//! ## Preallocation
+//!
+//! A new segment is written whole before anything is committed into it: its header page, then
+//! zeros up to `segment_bytes`, then fdatasync and a directory sync. A commit therefore only
+//! overwrites blocks that are already allocated and written, and its fdatasync flushes data
+//! alone: no file-size change or block allocation for the filesystem journal to commit (on
+//! ext4 that journal commit, once for the segment and once for a growing superblock, was most of
+//! a small commit's latency). The superblock file is fixed-size for the same reason.
+//!
+//! - A never-written page of a segment reads as zeros and fails the checksum and kind checks,
+//!   exactly like a page past the end of a file did before; a pointer into it is corruption.
+//! - Recovery never appends to an existing segment (it starts a new one), so it does not need
+//!   to find where the pages of the old active segment end: its zero tail is dead space, like
+//!   the unused tail of a segment sealed early, and the cleaner skips zero pages.
+//! - An overflow extent longer than `segment_bytes` gets a segment of its own that grows past
+//!   its preallocated size; that commit's fdatasync also commits the new file size.
+//! - `SpaceStats::file_bytes` is the real disk usage: it counts every preallocated byte,
+//!   including the unused tail of the active segment (at most `segment_bytes`). A segment's
+//!   `file_bytes` is its full size from creation, so an abandoned, mostly-zero segment has a
+//!   low live share and the cleaner picks it early.
+//! - The cost: a segment's bytes are written twice (zeros, then pages), in one large
+//!   sequential write at segment creation, inside the commit that fills the previous segment.
+//!
 //! ## Limits and alignment
 //! - Keys up to 3072 bytes (`MAX_KEY_BYTES`, else `KeyTooLarge`), always inline in leaves, so
 //!   any entry and any branch item fits a page with room for a second one (checked by
@@ -118,8 +143,8 @@
 //! # Commit protocol
 //!
 //! 1. Append every dirty page of the transaction at the log tail (rolling to new segments as
-//!    they fill; a new segment's header is written and fdatasync'd, and the directory synced,
-//!    before anything can point into it).
+//!    they fill; a new segment's header and zero fill are written and fdatasync'd, and the
+//!    directory synced, before anything can point into it).
 //! 2. fdatasync every segment written in step 1.
 //! 3. Write superblock slot `g % 2` for the new generation `g`: root, height, consistent index,
 //!    next segment id, entry count.
@@ -140,14 +165,15 @@
 //! 4. Crash between 3 and 4: the new slot may or may not have landed; either it is whole
 //!    (checksum holds → the new root, whose pages step 2 made durable) or it is not (→ the old
 //!    root). A commit that returned Ok has passed step 4 and is never lost.
-//! 5. Crash while creating a segment: a file not yet in the synced directory disappears; one
-//!    that is present but unreferenced is deleted at open.
+//! 5. Crash while creating a segment (header or zero fill part-written): a file not yet in the
+//!    synced directory disappears; one that is present but unreferenced is deleted at open.
 //! 6. Crash mid-cleaning: cleaning is an ordinary commit that rewrites live pages, so 1-4
 //!    apply; the victim is deleted only after the root that no longer reaches it is durable.
 //!    A crash after the new root but before the deletion leaves an unreferenced segment,
 //!    deleted at open; a removal that was not yet synced brings the file back, ditto.
-//! 7. Torn/junk pages after the durable end of the old tail segment: never referenced; they
-//!    fail their checksum (or are valid but unreachable) and the cleaner skips them.
+//! 7. Torn/junk pages after the durable end of the old tail segment, and the zero pages of its
+//!    preallocated tail: never referenced; they fail their checksum (or are valid but
+//!    unreachable) and the cleaner skips them.
 //! 8. Crash during step 6 (segment removal): the superblock is already durable; a removal whose
 //!    directory sync did not happen brings the file back, and open deletes it as unreferenced.
 //!
@@ -206,7 +232,8 @@
 //!
 //! [`DirDisk`] reads, writes and fdatasyncs through io_uring: a ring per thread, one request
 //! submitted and waited for at a time (the page store's callers are synchronous). Commit
-//! writes are large sequential writes of whole runs of pages.
+//! writes are large sequential writes of whole runs of pages, into preallocated, already
+//! written blocks (see Preallocation), so a commit's two fdatasyncs flush data, not metadata.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

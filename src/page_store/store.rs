@@ -225,8 +225,13 @@ impl Inner {
                     next_segment: 1,
                     ..Superblock::default()
                 };
+                // Both slots are written (slot 1 as zeros, which no checksum accepts) so that
+                // the file never changes size again: a commit's superblock fdatasync then
+                // flushes data only.
+                let mut slots = sb.encode();
+                slots.resize(2 * PAGE_BYTES, 0);
                 superblock.set_len(0)?;
-                superblock.write_all_at(&sb.encode(), 0)?;
+                superblock.write_all_at(&slots, 0)?;
                 superblock.sync_data()?;
                 disk.sync_dir()?;
                 sb
@@ -338,10 +343,19 @@ impl Inner {
 
     /// Creates the next segment and makes it the active one. Its header is durable and its
     /// name is in the directory before any root can point into it.
+    ///
+    /// The whole segment is written (header, then zeros to `segment_bytes`) and synced here, so
+    /// that commits overwrite blocks that are already allocated and written: their fdatasync
+    /// then flushes data only, with no file-size or extent change for the filesystem journal
+    /// to commit. See "Preallocation" in the module doc.
     fn start_segment(&self, ws: &mut WriterState, generation: u64) -> Result<()> {
         let id = ws.next_segment;
         let file = self.disk.open(&segment_file_name(id))?;
-        file.write_all_at(&segment_header_page(id, generation), 0)?;
+        write_preallocated(
+            &*file,
+            &segment_header_page(id, generation),
+            self.config.segment_bytes,
+        )?;
         file.sync_data()?;
         self.disk.sync_dir()?;
         ws.next_segment += 1;
@@ -353,7 +367,7 @@ impl Inner {
             Segment {
                 file,
                 pages: 1,
-                file_bytes: PAGE_BYTES as u64,
+                file_bytes: self.config.segment_bytes as u64,
                 live_bytes: 0,
                 sealed: false,
                 dead_since: None,
@@ -565,6 +579,25 @@ impl Committed {
             ..*self
         }
     }
+}
+
+/// Zero-filled writes are issued in pieces of this size.
+const ZERO_CHUNK_BYTES: usize = 1 << 20;
+const _: () = assert!(ZERO_CHUNK_BYTES % PAGE_BYTES == 0);
+
+/// Writes `head` at offset 0 of `file` and zeros after it up to `len_bytes`, so every block of
+/// the file is allocated and written before anything is committed into it.
+fn write_preallocated(file: &dyn DiskFile, head: &[u8], len_bytes: usize) -> io::Result<()> {
+    assert!(head.len() % PAGE_BYTES == 0 && head.len() <= len_bytes);
+    file.write_all_at(head, 0)?;
+    let zeros = vec![0u8; ZERO_CHUNK_BYTES.min(len_bytes - head.len())];
+    let mut at = head.len();
+    while at < len_bytes {
+        let n = zeros.len().min(len_bytes - at);
+        file.write_all_at(&zeros[..n], at as u64)?;
+        at += n;
+    }
+    Ok(())
 }
 
 /// The newest superblock slot whose checksum holds, if any.

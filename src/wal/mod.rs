@@ -31,9 +31,14 @@
 //! as in etcd; it is informational, the records are authoritative. A sorted listing is log order.
 //! `<seq:016x>.tmp` is a segment being prepared; open deletes any it finds.
 //!
-//! Every segment is preallocated to `WalConfig::segment_bytes` (64 MiB default) with `fallocate`,
-//! so writes inside it do not grow the file, and a segment never written past its header reads as
-//! zeros.
+//! Every segment is preallocated to `WalConfig::segment_bytes` (64 MiB default) with `fallocate`
+//! and then filled with zeros that are written and fdatasynced before the file is used (the spare
+//! is prepared this way in the background). Writes inside a segment therefore neither grow the
+//! file nor land in unwritten extents: a batch's fdatasync flushes data only, with no extent
+//! conversion or size change for the filesystem journal to commit (fallocate alone leaves the
+//! extents unwritten, and on ext4 every batch then paid a journal commit). A segment never written
+//! past its header reads as zeros. The price is writing each segment twice (zeros, then batches),
+//! once per `segment_bytes` of log, off the commit path except for the first segment of a new log.
 //!
 //! # Segment layout
 //!
@@ -102,7 +107,7 @@
 //!    (optionally waiting `batch_delay_us` for more). Whatever arrives while a batch is being
 //!    written and synced waits in the channel and forms the next batch: that is group commit.
 //! 2. If the batch does not fit in the rest of the segment, the segment is cut: the spare file,
-//!    preallocated in the background, gets its header, is fdatasynced, renamed to its segment
+//!    preallocated and zero-filled in the background, gets its header, is fdatasynced, renamed to its segment
 //!    name, and the directory is fsynced; a new spare is started.
 //! 3. The batch is encoded into one aligned buffer, written with one write at the segment's
 //!    write offset, then fdatasynced.
@@ -121,9 +126,10 @@
 //!    from there. Not acknowledged, so nothing acknowledged is lost.
 //! 3. Crash after the fdatasync, before the submitters hear of it: the records are durable and
 //!    come back on open. The caller must treat an unanswered append as "maybe written".
-//! 4. Crash while cutting a segment: either a `.tmp` file (deleted at open) or a renamed
-//!    segment whose header was synced before the rename, holding no batches yet; writing
-//!    continues in it (its first batch then restates the state).
+//! 4. Crash while cutting a segment (or while the spare is being zero-filled): either a `.tmp`
+//!    file (deleted at open) or a renamed segment whose header and zero fill were synced before
+//!    the rename, holding no batches yet; writing continues in it (its first batch then restates
+//!    the state).
 //! 5. Crash during `release_to`: segments are removed oldest first with a directory fsync after
 //!    each, so only a prefix of the log can be gone.
 //! 6. Crash while zeroing a torn tail at open: the next open finds a torn tail again.
