@@ -36,6 +36,23 @@ fn segment_names(dir: &Path) -> Vec<String> {
     names
 }
 
+/// A WAL opened by a relative path (the server's default data dir, `default.etcd`, is one)
+/// failed with EBADF: glommio resolved the relative path against no directory at all. The
+/// server worked around it; the WAL now makes its path absolute itself.
+#[test]
+fn a_relative_directory_opens_and_reopens() {
+    let cwd = std::env::current_dir().unwrap();
+    let tmp = tempfile::tempdir_in(&cwd).unwrap();
+    let relative = tmp.path().strip_prefix(&cwd).unwrap().join("wal");
+    assert!(relative.is_relative());
+    let (wal, _) = Wal::open(&relative, WalConfig::small()).unwrap();
+    block_on(wal.append(vec![entry(1, 1)])).unwrap();
+    wal.close().unwrap();
+    let (wal, recovered) = Wal::open(&relative, WalConfig::small()).unwrap();
+    assert_eq!(indexes_terms(&recovered.entries), [(1, 1)]);
+    wal.close().unwrap();
+}
+
 #[test]
 fn round_trip_and_reopen() {
     let tmp = tempfile::tempdir().unwrap();

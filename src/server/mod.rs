@@ -67,8 +67,8 @@ pub fn run(config: &Config) -> Result<(), ServerError> {
     if members > 1 {
         return Err(ServerError::MultiMember(members));
     }
-    // Absolute: the WAL's glommio directory open fails on a relative path (EBADF), and a
-    // default data dir (`default.etcd`) is relative.
+    // Absolute, so log lines and errors name the real place of a relative data dir
+    // (the default, `default.etcd`, is relative).
     let data_dir =
         std::path::absolute(&config.data_dir).map_err(|source| ServerError::DataDir {
             path: config.data_dir.clone(),

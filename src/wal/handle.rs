@@ -133,6 +133,9 @@ impl Wal {
         dir: &Path,
         cfg: WalConfig,
     ) -> Result<(Wal, Recovered, WalWriter<D>), WalError> {
+        // glommio resolves a relative path against no directory at all (EBADF), so every path
+        // the writer touches is made absolute here, once, against the current directory.
+        let dir = &std::path::absolute(dir)?;
         let (tx, rx) = mpsc::unbounded();
         let shared = Arc::new(Shared::default());
         let submission_bytes_max = cfg.submission_bytes_max();
