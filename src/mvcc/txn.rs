@@ -97,6 +97,11 @@ impl<'a> MvccBatch<'a> {
         }
     }
 
+    /// The compacted revision: stable while the batch holds the writer lock.
+    pub fn compacted_revision(&self) -> i64 {
+        self.compacted_rev
+    }
+
     /// The revision of the batch's latest ended scope with changes, or the committed revision.
     pub fn revision(&self) -> i64 {
         self.last_rev
