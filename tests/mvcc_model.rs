@@ -1,4 +1,5 @@
-//! Model-based tests of `ringkv::mvcc`: random transactions, deletes, compactions and reads
+//! Model-based tests of `ringkv::mvcc`: random transactions (alone and in batches sharing one
+//! commit), deletes, compactions and reads
 //! applied to the store and to a deliberately naive model must agree, including across reopen
 //! and across simulated crashes in the middle of a commit.
 
@@ -8,8 +9,8 @@ use std::sync::Arc;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use ringkv::mvcc::{
-    prefix_end, Event, EventKind, KeyValue, Mvcc, MvccConfig, MvccError, RangeOptions, RangeResult,
-    SortOrder, SortTarget,
+    prefix_end, BatchTxn, Event, EventKind, KeyValue, Mvcc, MvccConfig, MvccError, MvccTxn,
+    RangeOptions, RangeResult, SortOrder, SortTarget,
 };
 use ringkv::page_store::{PageStore, PageStoreConfig, SimDisk};
 
@@ -443,7 +444,8 @@ macro_rules! io {
 /// `pending` tracks whether a physical compaction may be unfinished.
 fn step(rng: &mut StdRng, store: &Mvcc, model: &Model, pending: &mut bool, ci: &mut u64) -> Step {
     match rng.gen_range(0..100) {
-        0..=44 => txn_step(rng, store, model, ci),
+        0..=29 => txn_step(rng, store, model, ci),
+        30..=44 => batch_step(rng, store, model, ci),
         45..=64 => {
             let start = key(rng);
             let end = range_end(rng, &start);
@@ -526,15 +528,52 @@ fn step(rng: &mut StdRng, store: &Mvcc, model: &Model, pending: &mut bool, ci: &
     }
 }
 
-fn txn_step(rng: &mut StdRng, store: &Mvcc, model: &Model, ci: &mut u64) -> Step {
-    let mut txn = store.write();
-    let mut mt = ModelTxn::new(model);
+/// What the random writer needs of a write transaction: `MvccTxn` and a batch's `BatchTxn`.
+trait WriteScope {
+    fn put(&mut self, key: &[u8], value: &[u8], lease: i64) -> Result<Option<KeyValue>, MvccError>;
+    fn delete_range(&mut self, key: &[u8], end: &[u8]) -> Result<Vec<KeyValue>, MvccError>;
+    fn range(&self, key: &[u8], end: &[u8], o: &RangeOptions) -> Result<RangeResult, MvccError>;
+}
+
+impl WriteScope for MvccTxn<'_> {
+    fn put(&mut self, key: &[u8], value: &[u8], lease: i64) -> Result<Option<KeyValue>, MvccError> {
+        MvccTxn::put(self, key, value, lease)
+    }
+    fn delete_range(&mut self, key: &[u8], end: &[u8]) -> Result<Vec<KeyValue>, MvccError> {
+        MvccTxn::delete_range(self, key, end)
+    }
+    fn range(&self, key: &[u8], end: &[u8], o: &RangeOptions) -> Result<RangeResult, MvccError> {
+        MvccTxn::range(self, key, end, o)
+    }
+}
+
+impl WriteScope for BatchTxn<'_, '_> {
+    fn put(&mut self, key: &[u8], value: &[u8], lease: i64) -> Result<Option<KeyValue>, MvccError> {
+        BatchTxn::put(self, key, value, lease)
+    }
+    fn delete_range(&mut self, key: &[u8], end: &[u8]) -> Result<Vec<KeyValue>, MvccError> {
+        BatchTxn::delete_range(self, key, end)
+    }
+    fn range(&self, key: &[u8], end: &[u8], o: &RangeOptions) -> Result<RangeResult, MvccError> {
+        BatchTxn::range(self, key, end, o)
+    }
+}
+
+/// One to four random operations in `txn`, mirrored on `mt`; `Err` on an I/O error.
+fn scope_ops(rng: &mut StdRng, txn: &mut impl WriteScope, mt: &mut ModelTxn) -> Result<(), ()> {
+    fn io<T>(r: Result<T, MvccError>) -> Result<T, ()> {
+        match r {
+            Ok(v) => Ok(v),
+            Err(MvccError::Store(_)) => Err(()),
+            Err(e) => panic!("unexpected error {e}"),
+        }
+    }
     for _ in 0..rng.gen_range(1..=4) {
         match rng.gen_range(0..10) {
             0..=5 => {
                 let (start, v, lease) = (key(rng), value(rng), [0, 0, 7][rng.gen_range(0..3)]);
                 let want = mt.put(&start, &v, lease);
-                let got = io!(txn.put(&start, &v, lease), model.clone());
+                let got = io(txn.put(&start, &v, lease))?;
                 assert_eq!(got, want, "put {start:x?}");
             }
             6..=8 => {
@@ -545,7 +584,7 @@ fn txn_step(rng: &mut StdRng, store: &Mvcc, model: &Model, ci: &mut u64) -> Step
                     range_end(rng, &start)
                 };
                 let want = mt.delete_range(&start, &end);
-                let got = io!(txn.delete_range(&start, &end), model.clone());
+                let got = io(txn.delete_range(&start, &end))?;
                 assert_eq!(got, want, "delete_range {start:x?}..{end:x?}");
             }
             _ => {
@@ -554,16 +593,23 @@ fn txn_step(rng: &mut StdRng, store: &Mvcc, model: &Model, ci: &mut u64) -> Step
                 let opts = options(rng, &mt.m);
                 let want = mt.range(&start, &end, &opts);
                 let got = match txn.range(&start, &end, &opts) {
-                    Err(MvccError::Store(_)) => {
-                        return Step::Failed {
-                            after: model.clone(),
-                        }
-                    }
+                    Err(MvccError::Store(_)) => return Err(()),
                     r => r.map_err(|e| err_kind(&e)),
                 };
                 assert_eq!(got, want, "txn range {start:x?}..{end:x?} {opts:?}");
             }
         }
+    }
+    Ok(())
+}
+
+fn txn_step(rng: &mut StdRng, store: &Mvcc, model: &Model, ci: &mut u64) -> Step {
+    let mut txn = store.write();
+    let mut mt = ModelTxn::new(model);
+    if scope_ops(rng, &mut txn, &mut mt).is_err() {
+        return Step::Failed {
+            after: model.clone(),
+        };
     }
     if rng.gen_bool(0.1) {
         drop(txn);
@@ -574,6 +620,59 @@ fn txn_step(rng: &mut StdRng, store: &Mvcc, model: &Model, ci: &mut u64) -> Step
     let rev = io!(txn.commit(*ci), after);
     assert_eq!(rev, want_rev, "commit revision");
     Step::Done(after)
+}
+
+/// A batch of one to six write transactions in one commit: each must behave as if committed
+/// alone (its own revision, seeing the earlier ones), a rolled-back one must leave no trace,
+/// readers must see none of it until `finish`, and a crash must keep all of it or none (the
+/// crash test's two candidate models are "before the batch" and "after all of it").
+fn batch_step(rng: &mut StdRng, store: &Mvcc, model: &Model, ci: &mut u64) -> Step {
+    let mut batch = store.batch();
+    let mut m = model.clone();
+    for _ in 0..rng.gen_range(1..=6) {
+        let mut txn = batch.txn();
+        let mut mt = ModelTxn::new(&m);
+        if scope_ops(rng, &mut txn, &mut mt).is_err() {
+            // The scope's writes stay in the uncommitted page-store transaction: discard it all.
+            drop(txn);
+            return Step::Failed {
+                after: model.clone(),
+            };
+        }
+        if rng.gen_bool(0.15) {
+            io!(txn.rollback(), model.clone());
+        } else {
+            let (after, want_rev) = mt.commit();
+            assert_eq!(txn.end(), want_rev, "batch scope revision");
+            m = after;
+        }
+        assert_eq!(batch.revision(), m.current, "batch revision");
+        // Readers see the state before the batch, whatever it has done so far.
+        assert_eq!(
+            store.current_revision(),
+            model.current,
+            "reader saw part of a batch"
+        );
+        let start = key(rng);
+        let opts = RangeOptions::default();
+        let got = io!(store.range(&start, b"\0", &opts), model.clone());
+        assert_eq!(
+            Ok(got),
+            model.range(&start, b"\0", &opts),
+            "reader mid-batch"
+        );
+    }
+    if rng.gen_bool(0.1) {
+        drop(batch);
+        assert_eq!(store.current_revision(), model.current);
+        return Step::Done(model.clone());
+    }
+    *ci += 1;
+    let rev = io!(batch.finish(*ci), m);
+    assert_eq!(rev, m.current, "batch commit revision");
+    assert_eq!(store.current_revision(), m.current);
+    assert_eq!(store.page_store().consistent_index(), *ci);
+    Step::Done(m)
 }
 
 fn run_seed(seed: u64, ops: usize) {

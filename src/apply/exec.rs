@@ -17,7 +17,8 @@ use ringkv_proto::etcdserverpb::{
 use ringkv_proto::mvccpb;
 
 use crate::mvcc::{
-    self, KeyValue, Mvcc, MvccError, MvccTxn, RangeOptions, RangeResult, SortOrder, SortTarget,
+    self, BatchTxn, KeyValue, Mvcc, MvccBatch, MvccError, RangeOptions, RangeResult, SortOrder,
+    SortTarget,
 };
 
 use super::entry::ApplyError;
@@ -100,24 +101,24 @@ impl KvRead for ReadAt<'_> {
     }
 }
 
-/// The write transaction with the compacted revision it runs above (stable: compaction is
-/// scheduled only by the applier, which owns this transaction).
-pub struct WriteAt<'a> {
-    pub txn: MvccTxn<'a>,
+/// One write transaction of the applier's batch, with the compacted revision it runs above
+/// (stable: the batch holds MVCC's writer lock).
+pub struct WriteAt<'b, 'a> {
+    pub txn: BatchTxn<'b, 'a>,
     compacted: i64,
 }
 
-impl<'a> WriteAt<'a> {
-    pub fn begin(mvcc: &'a Mvcc) -> WriteAt<'a> {
-        let txn = mvcc.write();
+impl<'b, 'a> WriteAt<'b, 'a> {
+    pub fn begin(batch: &'b mut MvccBatch<'a>) -> WriteAt<'b, 'a> {
+        let compacted = batch.compacted_revision();
         WriteAt {
-            txn,
-            compacted: mvcc.compacted_revision(),
+            txn: batch.txn(),
+            compacted,
         }
     }
 }
 
-impl KvRead for WriteAt<'_> {
+impl KvRead for WriteAt<'_, '_> {
     fn range(
         &self,
         key: &[u8],
@@ -202,7 +203,7 @@ fn get(view: &impl KvRead, key: &[u8]) -> ExecResult<Option<KeyValue>> {
 }
 
 /// A put outside a txn: etcd looks the lease up first.
-pub fn put(w: &mut WriteAt<'_>, req: &PutRequest) -> ExecResult<PutResponse> {
+pub fn put(w: &mut WriteAt<'_, '_>, req: &PutRequest) -> ExecResult<PutResponse> {
     if req.lease != 0 {
         return Err(ApplyError::LeaseNotFound.into());
     }
@@ -210,7 +211,7 @@ pub fn put(w: &mut WriteAt<'_>, req: &PutRequest) -> ExecResult<PutResponse> {
 }
 
 /// A put whose lease was already checked (`check_put`).
-fn put_checked(w: &mut WriteAt<'_>, req: &PutRequest) -> ExecResult<PutResponse> {
+fn put_checked(w: &mut WriteAt<'_, '_>, req: &PutRequest) -> ExecResult<PutResponse> {
     let mut value = req.value.as_slice();
     let mut lease = req.lease;
     let existing;
@@ -231,7 +232,7 @@ fn put_checked(w: &mut WriteAt<'_>, req: &PutRequest) -> ExecResult<PutResponse>
 }
 
 pub fn delete_range(
-    w: &mut WriteAt<'_>,
+    w: &mut WriteAt<'_, '_>,
     req: &DeleteRangeRequest,
 ) -> ExecResult<DeleteRangeResponse> {
     let deleted = w.txn.delete_range(&req.key, &req.range_end)?;
@@ -266,7 +267,7 @@ pub fn is_txn_serializable(req: &TxnRequest) -> bool {
 }
 
 /// Runs a txn on the write transaction: decide, check, apply. Nothing is written on error.
-pub fn txn(w: &mut WriteAt<'_>, req: &TxnRequest) -> ExecResult<TxnResponse> {
+pub fn txn(w: &mut WriteAt<'_, '_>, req: &TxnRequest) -> ExecResult<TxnResponse> {
     let path = decide(w, req)?;
     check(w, req, &path, Check::Puts)?;
     check(w, req, &path, Check::Ranges)?;
@@ -452,7 +453,7 @@ fn check_range(view: &impl KvRead, req: &RangeRequest) -> ExecResult<()> {
 /// etcd's `applyTxn`: the ops of the branch the path takes, nested txns recursively. A nested
 /// txn's response header is empty, as in etcd.
 fn apply_ops(
-    w: &mut WriteAt<'_>,
+    w: &mut WriteAt<'_, '_>,
     req: &TxnRequest,
     path: &[bool],
     pos: &mut usize,

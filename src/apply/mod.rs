@@ -1,13 +1,18 @@
 //! The state machine: decodes committed raft entries (`entry::Proposal`), executes them on MVCC
 //! with etcd's semantics (`exec`) and returns each entry's encoded `entry::Outcome`.
 //!
-//! Each entry that changes the store is one MVCC write transaction, committed with the entry's
-//! index as the page store's consistent index, so after a crash `applied_index` is exactly what
-//! the store holds and replaying the WAL from there is idempotent. (MVCC gives one revision per
-//! write transaction, so entries cannot share a page-store commit without sharing a revision.)
-//! An entry that is refused (`ApplyError`) or empty changes nothing but still commits its index,
-//! so `applied_index` is always the durable consistent index (the raft log may be compacted up
-//! to it).
+//! The entries of one `apply_entries` call share one MVCC batch: each entry that changes the
+//! store is one write transaction of the batch (its own main revision, as if applied alone), and
+//! the batch is one page-store commit recording the last entry's index as the consistent index.
+//! So after a crash `applied_index` is exactly what the store holds (a batch is durable whole or
+//! not at all), and replaying the WAL from there is idempotent. Nothing of a batch is visible to
+//! readers before its commit, and replies are returned after it. An entry that is refused
+//! (`ApplyError`; its writes, if any, are rolled back) or empty changes nothing and takes no
+//! revision; its index is recorded by the batch's commit all the same, so `applied_index` is
+//! always the durable consistent index (the raft log may be compacted up to it).
+//!
+//! A compaction entry ends the batch before it: compaction takes MVCC's writer lock and commits
+//! its logical step with its own index, and its revision checks must see every earlier entry.
 //!
 //! A storage failure while applying is fatal: the applied state would no longer follow the log.
 
@@ -17,7 +22,7 @@ pub mod exec;
 use prost::Message;
 use ringkv_proto::etcdserverpb::{CompactionRequest, CompactionResponse, ResponseHeader};
 
-use crate::mvcc::Mvcc;
+use crate::mvcc::{Mvcc, MvccBatch};
 
 use entry::{Outcome, OutcomeResult, Proposal, ProposalRequest};
 use exec::{ExecError, ExecResult, WriteAt};
@@ -47,60 +52,79 @@ impl Applier {
     }
 
     /// Applies the entry at `index` (which must follow `applied_index`) and returns its encoded
-    /// `Outcome`. An entry at or below `applied_index` is already in the store: it is skipped and
-    /// answered with an empty outcome.
+    /// `Outcome`; see `apply_entries`.
     pub fn apply_entry(&mut self, index: u64, data: &[u8]) -> Vec<u8> {
-        if index <= self.applied_index {
-            return Outcome::default().encode_to_vec();
-        }
-        let proposal = Proposal::decode(data)
-            .unwrap_or_else(|error| panic!("raft entry {index} is not a ringkv proposal: {error}"));
-        let result = match proposal.request {
-            None => Ok(None),
-            Some(request) => self.execute(index, request).map(Some),
-        };
-        let outcome = match result {
-            Ok(None) => {
-                self.record_index(index);
-                Outcome::default()
+        self.apply_entries([(index, data)])
+            .pop()
+            .expect("one outcome per entry")
+    }
+
+    /// Applies `(index, data)` entries in ascending index order in one MVCC batch (one
+    /// page-store commit, plus one per compaction entry) and returns each entry's encoded
+    /// `Outcome`. An entry at or below `applied_index` is already in the store: it is skipped
+    /// and answered with an empty outcome. Returns once every entry is durable and visible.
+    pub fn apply_entries<'d>(
+        &mut self,
+        entries: impl IntoIterator<Item = (u64, &'d [u8])>,
+    ) -> Vec<Vec<u8>> {
+        let mvcc = self.mvcc.clone();
+        let mut batch = None;
+        let mut last = self.applied_index;
+        let mut outcomes = Vec::new();
+        for (index, data) in entries {
+            if index <= self.applied_index {
+                outcomes.push(Outcome::default().encode_to_vec());
+                continue;
             }
-            Ok(Some(result)) => Outcome::from_result(Ok(result)),
+            assert!(
+                index > last,
+                "entry {index} after {last}: not in index order"
+            );
+            let proposal = Proposal::decode(data).unwrap_or_else(|error| {
+                panic!("raft entry {index} is not a ringkv proposal: {error}")
+            });
+            let outcome = match proposal.request {
+                Some(ProposalRequest::Compaction(req)) => {
+                    if let Some(batch) = batch.take() {
+                        self.finish(batch, last);
+                    }
+                    self.compact_entry(index, &req)
+                }
+                request => execute(batch.get_or_insert_with(|| mvcc.batch()), index, request),
+            };
+            last = index;
+            outcomes.push(outcome.encode_to_vec());
+        }
+        if let Some(batch) = batch {
+            self.finish(batch, last);
+        }
+        debug_assert_eq!(
+            self.mvcc.page_store().consistent_index(),
+            self.applied_index
+        );
+        outcomes
+    }
+
+    /// Commits the batch with `index`, its last entry, which is then applied.
+    fn finish(&mut self, batch: MvccBatch<'_>, index: u64) {
+        if let Err(error) = batch.finish(index) {
+            fatal(index, &error);
+        }
+        self.applied_index = index;
+    }
+
+    fn compact_entry(&mut self, index: u64, req: &CompactionRequest) -> Outcome {
+        let outcome = match self.compact(index, req) {
+            Ok(resp) => Outcome::from_result(Ok(OutcomeResult::Compaction(resp))),
             Err(ExecError::Refused(error)) => {
-                self.record_index(index);
+                // Nothing changed, but the index is recorded so that it is durable.
+                self.finish(self.mvcc.clone().batch(), index);
                 Outcome::from_result(Err(error))
             }
             Err(ExecError::Store(error)) => fatal(index, &error),
         };
-        debug_assert_eq!(self.mvcc.page_store().consistent_index(), index);
         self.applied_index = index;
-        outcome.encode_to_vec()
-    }
-
-    /// Makes `index` the store's consistent index for an entry that changed nothing, so
-    /// `applied_index` is always durable (the log may be compacted up to it).
-    fn record_index(&self, index: u64) {
-        if let Err(error) = WriteAt::begin(&self.mvcc).txn.commit(index) {
-            fatal(index, &error);
-        }
-    }
-
-    fn execute(&mut self, index: u64, request: ProposalRequest) -> ExecResult<OutcomeResult> {
-        if let ProposalRequest::Compaction(compaction) = request {
-            return self
-                .compact(index, &compaction)
-                .map(OutcomeResult::Compaction);
-        }
-        let mut w = WriteAt::begin(&self.mvcc);
-        let result = match request {
-            ProposalRequest::Put(put) => OutcomeResult::Put(exec::put(&mut w, &put)?),
-            ProposalRequest::DeleteRange(del) => {
-                OutcomeResult::DeleteRange(exec::delete_range(&mut w, &del)?)
-            }
-            ProposalRequest::Txn(txn) => OutcomeResult::Txn(exec::txn(&mut w, &txn)?),
-            ProposalRequest::Compaction(_) => unreachable!("handled above"),
-        };
-        w.txn.commit(index)?;
-        Ok(result)
+        outcome
     }
 
     /// The logical step is durable when this returns; the physical work runs on the compactor
@@ -114,6 +138,36 @@ impl Applier {
                 ..ResponseHeader::default()
             }),
         })
+    }
+}
+
+/// Runs one entry's request as the next write transaction of `batch`. A refused request's
+/// writes are rolled back, so it takes no revision and changes nothing.
+fn execute(batch: &mut MvccBatch<'_>, index: u64, request: Option<ProposalRequest>) -> Outcome {
+    let Some(request) = request else {
+        return Outcome::default();
+    };
+    let mut w = WriteAt::begin(batch);
+    let result = match request {
+        ProposalRequest::Put(put) => exec::put(&mut w, &put).map(OutcomeResult::Put),
+        ProposalRequest::DeleteRange(del) => {
+            exec::delete_range(&mut w, &del).map(OutcomeResult::DeleteRange)
+        }
+        ProposalRequest::Txn(txn) => exec::txn(&mut w, &txn).map(OutcomeResult::Txn),
+        ProposalRequest::Compaction(_) => unreachable!("a compaction ends the batch"),
+    };
+    match result {
+        Ok(result) => {
+            w.txn.end();
+            Outcome::from_result(Ok(result))
+        }
+        Err(ExecError::Refused(error)) => {
+            if let Err(store) = w.txn.rollback() {
+                fatal(index, &store);
+            }
+            Outcome::from_result(Err(error))
+        }
+        Err(ExecError::Store(error)) => fatal(index, &error),
     }
 }
 

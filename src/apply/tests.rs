@@ -367,3 +367,80 @@ fn compaction_and_replay() {
     assert_eq!(Outcome::decode(out.as_slice()).unwrap().result, None);
     assert_eq!(h.applier.applied_index(), applied + 1);
 }
+
+/// Several entries in one `apply_entries` call are one page-store commit but keep one revision
+/// per entry. The txn here deletes `k` and then puts it with `ignore_value`: the check before
+/// the write passes, the put finds no key and is refused after the delete was written, so the
+/// delete must be rolled back out of the shared batch (no revision, `k` intact) while the
+/// entries around it commit. A compaction in the middle ends the batch and sees the revisions
+/// before it.
+#[test]
+fn entries_of_one_apply_share_a_commit_but_not_a_revision() {
+    let mut h = Harness::new();
+    h.put("k", "v");
+    let refused = TxnRequest {
+        compare: vec![],
+        success: vec![
+            RequestOp {
+                request: Some(request_op::Request::RequestDeleteRange(
+                    DeleteRangeRequest {
+                        key: "k".into(),
+                        ..DeleteRangeRequest::default()
+                    },
+                )),
+            },
+            RequestOp {
+                request: Some(request_op::Request::RequestPut(PutRequest {
+                    ignore_value: true,
+                    ..put_req("k", "")
+                })),
+            },
+        ],
+        failure: vec![],
+    };
+    let requests = [
+        ProposalRequest::Put(put_req("a", "1")),
+        ProposalRequest::Txn(refused),
+        ProposalRequest::Put(put_req("a", "2")),
+        ProposalRequest::Compaction(CompactionRequest {
+            revision: 4,
+            physical: false,
+        }),
+        ProposalRequest::Put(put_req("b", "1")),
+    ];
+    let first = h.index + 1;
+    let data: Vec<Vec<u8>> = requests
+        .into_iter()
+        .map(|r| Proposal::new(r).encode_to_vec())
+        .collect();
+    let entries = data
+        .iter()
+        .enumerate()
+        .map(|(i, d)| (first + i as u64, d.as_slice()));
+    let outcomes: Vec<_> = h
+        .applier
+        .apply_entries(entries)
+        .iter()
+        .map(|o| Outcome::decode(o.as_slice()).unwrap().result.unwrap())
+        .collect();
+    let revision = |o: &OutcomeResult| match o {
+        OutcomeResult::Put(p) => p.header.as_ref().unwrap().revision,
+        OutcomeResult::Compaction(c) => c.header.as_ref().unwrap().revision,
+        other => panic!("unexpected outcome {other:?}"),
+    };
+    assert_eq!(revision(&outcomes[0]), 3);
+    assert_eq!(
+        outcomes[1],
+        OutcomeResult::Error(ApplyError::KeyNotFound.code())
+    );
+    assert_eq!(revision(&outcomes[2]), 4);
+    assert_eq!(revision(&outcomes[3]), 4);
+    assert_eq!(revision(&outcomes[4]), 5);
+    assert_eq!(h.get("k"), Some(("v".into(), 2)));
+    assert_eq!(h.get("a"), Some(("2".into(), 4)));
+    assert_eq!(h.mvcc.compacted_revision(), 4);
+    let last = first + 4;
+    assert_eq!(h.applier.applied_index(), last);
+    assert_eq!(h.mvcc.page_store().consistent_index(), last);
+    h.mvcc.check_integrity().unwrap();
+}

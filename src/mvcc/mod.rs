@@ -46,6 +46,15 @@
 //! deleted in the same page-store commit. `current_rev` is written in the commit of its
 //! revision, `compacted_rev` in the commit that accepts a compaction.
 //!
+//! # Batches
+//! Several main revisions may share one page-store commit (`Mvcc::batch`): each scope of the
+//! batch is a write transaction of its own (its own main revision, reads that see the earlier
+//! scopes), and the commit writes all their versions plus `current_rev` = the last one. So a
+//! commit moves `current_rev` from `c` to `c + n` with every revision in between, or not at all:
+//! a crash mid-batch leaves the previous commit. A scope that ends without changes takes no
+//! revision; a scope can be rolled back (its writes are new keys only, so deleting them restores
+//! the transaction exactly) and then takes none either.
+//!
 //! # Compaction protocol
 //! `compact(R)` (etcd semantics: `R <= compacted` is `Compacted`, `R > current` is
 //! `FutureRevision`) keeps, for every key, the newest version with `main <= R` and every newer
@@ -71,8 +80,11 @@
 //! call when the physical work ends; the server is expected to keep calling `clean` when idle.
 //!
 //! # Concurrency
-//! One writer at a time (an MVCC writer mutex wrapping the page store's write transaction);
-//! readers work on pinned page-store snapshots and never block writers or each other. A reader
+//! One writer at a time (an MVCC writer mutex wrapping the page store's write transaction, held
+//! for a whole batch, so compaction steps run between batches, never inside one); readers work
+//! on pinned page-store snapshots and never block writers or each other. The in-memory current
+//! revision moves only after the commit that made it durable, so readers never see part of a
+//! batch nor a revision above the durable state. A reader
 //! loads the current revision before pinning its snapshot (so the snapshot holds everything up
 //! to it) and the compacted revision after (so data a compaction already deleted from the
 //! snapshot is never read below the compacted revision).
@@ -100,7 +112,7 @@ use encoding::{
 };
 pub use range::prefix_end;
 use range::KeyRange;
-pub use txn::MvccTxn;
+pub use txn::{BatchTxn, MvccBatch, MvccTxn};
 
 /// Errors of the MVCC layer. The first two are expected answers; their messages are etcd's.
 #[derive(Debug, thiserror::Error)]
@@ -329,6 +341,13 @@ impl Mvcc {
     /// so do not call `compact` or `write` while holding one.
     pub fn write(&self) -> MvccTxn<'_> {
         MvccTxn::begin(&self.inner)
+    }
+
+    /// Starts a batch: successive write transactions (`MvccBatch::txn`), each its own main
+    /// revision as if written and committed alone, made durable and visible together by one
+    /// page-store commit (`MvccBatch::finish`). Blocks as `write` does.
+    pub fn batch(&self) -> MvccBatch<'_> {
+        MvccBatch::begin(&self.inner)
     }
 
     /// Every stored change with `from_rev <= main <= to_rev`, in revision order; `to_rev <= 0`

@@ -8,15 +8,14 @@ use crate::api::{Consensus, ConsensusError, ConsensusStatus};
 use crate::apply::Applier;
 use crate::raft::{Committed, RaftError, RaftHandle, StateMachine};
 
-/// The applier, applying each committed entry in its own MVCC write (see `apply`).
+/// The applier: each `apply` call's entries are one MVCC batch, one page-store commit (see
+/// `crate::apply`).
 pub struct ApplierSm(pub Applier);
 
 impl StateMachine for ApplierSm {
     fn apply(&mut self, entries: &[Committed]) -> Vec<Vec<u8>> {
-        entries
-            .iter()
-            .map(|entry| self.0.apply_entry(entry.index, &entry.data))
-            .collect()
+        self.0
+            .apply_entries(entries.iter().map(|e| (e.index, e.data.as_slice())))
     }
 
     fn applied_index(&self) -> u64 {
