@@ -483,6 +483,9 @@ impl Node {
             batch.len(),
             "the state machine returns one reply per entry"
         );
+        // Before any proposer hears back, so that `status().applied_index` never lags a reply
+        // a caller has already seen.
+        self.publish_status();
         for (reply, result) in replies.into_iter().zip(results) {
             if let Some(reply) = reply {
                 let _ = reply.send(Ok(result));
