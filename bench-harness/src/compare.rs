@@ -40,7 +40,8 @@ pub struct RoundResult {
     /// Server CPU (user + system) spent during the workload only.
     pub cpu_workload_s: f64,
     pub cpu_per_request_us: f64,
-    pub exit_code: Option<i32>,
+    /// How the server ended after SIGTERM.
+    pub exit_status: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -177,7 +178,7 @@ async fn run_one(
     let summary = load::run(&load, &config.operation).await?;
     let cpu_workload_s = server.cpu_seconds()? - cpu_before;
     let peak_rss_kib = server.peak_rss_kib()?;
-    let exit_code = server.stop().await?;
+    let exit_status = server.stop().await?;
     let _ = std::fs::remove_dir_all(&data_dir);
     let cpu_per_request_us = if summary.requests > 0 {
         cpu_workload_s * 1e6 / summary.requests as f64
@@ -191,7 +192,7 @@ async fn run_one(
         peak_rss_kib,
         cpu_workload_s,
         cpu_per_request_us,
-        exit_code,
+        exit_status,
     };
     Ok((result, server.args.clone()))
 }

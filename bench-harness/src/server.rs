@@ -201,11 +201,11 @@ impl ServerProcess {
         Ok((utime + stime) as f64 / ticks_per_second as f64)
     }
 
-    /// SIGTERM, then waits for the exit (SIGKILL after STOP_TIMEOUT). Returns the exit code, or
-    /// `None` if the server died by a signal or had to be killed.
-    pub async fn stop(&mut self) -> Result<Option<i32>, BenchError> {
+    /// SIGTERM, then waits for the exit (SIGKILL after STOP_TIMEOUT). Returns how it ended:
+    /// `exit status: 0`, `signal: 15 (SIGTERM)` (etcd re-raises SIGTERM), or `killed after ...`.
+    pub async fn stop(&mut self) -> Result<String, BenchError> {
         let Some(mut child) = self.child.take() else {
-            return Ok(None);
+            return Ok("already exited".into());
         };
         let pid = libc::pid_t::try_from(child.id()).expect("pid fits pid_t");
         // SAFETY: kill(2) on our own child, which has not been reaped yet.
@@ -216,12 +216,12 @@ impl ServerProcess {
                 .try_wait()
                 .map_err(BenchError::io("wait for server"))?
             {
-                return Ok(status.code());
+                return Ok(status.to_string());
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Ok(None);
+                return Ok(format!("killed after {STOP_TIMEOUT:?} without exiting"));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
