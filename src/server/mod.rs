@@ -201,7 +201,7 @@ async fn serve(config: &Config, ctx: Arc<Context>, ids: ids::Ids) -> Result<(), 
             let result = tonic::transport::Server::builder()
                 .add_service(api::limit::GrpcGoLimitStatus(kv))
                 .add_service(api::limit::GrpcGoLimitStatus(maintenance))
-                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                .serve_with_incoming_shutdown(no_delay(listener), async move {
                     let _ = stop.wait_for(|stop| *stop).await;
                 })
                 .await;
@@ -229,6 +229,22 @@ async fn serve(config: &Config, ctx: Arc<Context>, ids: ids::Ids) -> Result<(), 
         }
     }
     first_error.map_or(Ok(()), Err)
+}
+
+/// Accepted connections with Nagle's algorithm off. gRPC writes a response as several small
+/// frames (headers, data, trailers); with Nagle on, the last of them waits for the client's
+/// delayed ACK, which put a ~40 ms floor under every request of a lone client. tonic's
+/// `tcp_nodelay` applies only to listeners it binds itself, not to an incoming stream.
+fn no_delay(
+    listener: TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt;
+    TcpListenerStream::new(listener).map(|accepted| {
+        let stream = accepted?;
+        // Only latency depends on it; a socket that refuses is still served.
+        let _ = stream.set_nodelay(true);
+        Ok(stream)
+    })
 }
 
 async fn resolve(url: &Url) -> Result<Vec<SocketAddr>, ServerError> {
