@@ -16,6 +16,7 @@
 //!
 //! A storage failure while applying is fatal: the applied state would no longer follow the log.
 
+pub mod alarm;
 pub mod entry;
 pub mod exec;
 

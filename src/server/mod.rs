@@ -11,6 +11,7 @@
 
 pub mod ids;
 pub mod raft_log;
+pub mod snapshot_cli;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
