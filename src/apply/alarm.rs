@@ -2,10 +2,22 @@
 //! `Alarm` entries and kept in MVCC's aux table (`alarms`) in the same commit as the entry, so
 //! they survive restarts and replay. Encoding of the aux value: `(member id u64 BE, alarm type
 //! i32 BE)` per alarm, sorted by type then member (the order `alarm list` prints).
+//!
+//! Also the quota (`--quota-backend-bytes`), as etcd applies it: a request's cost is its puts'
+//! bytes plus an overhead; while NOSPACE is raised a request with a cost is refused, and one
+//! applied while the store is over quota is answered `NoSpace` (the API then raises NOSPACE).
 
 use std::collections::BTreeSet;
 
-use ringkv_proto::etcdserverpb::{AlarmMember, AlarmType};
+use ringkv_proto::etcdserverpb::alarm_request::AlarmAction;
+use ringkv_proto::etcdserverpb::{
+    request_op, AlarmMember, AlarmRequest, AlarmResponse, AlarmType, PutRequest, RequestOp,
+    ResponseHeader, TxnRequest,
+};
+
+use crate::mvcc::{Mvcc, MvccBatch};
+
+use super::entry::{ApplyError, Outcome, OutcomeResult, ProposalRequest};
 
 /// The aux-table name of the alarm set.
 pub const AUX_ALARMS: &[u8] = b"alarms";
@@ -89,5 +101,144 @@ mod tests {
         assert!(set.deactivate(7, AlarmType::Nospace as i32));
         assert!(!set.has(AlarmType::Nospace));
         assert_eq!(AlarmSet::decode(&[1, 2, 3]), None);
+    }
+}
+
+/// etcd's per-key overhead in its quota cost (`kvOverhead`).
+const KV_OVERHEAD_BYTES: u64 = 256;
+
+/// etcd's quota cost of a put: `kvOverhead + len(key) + len(value)`.
+pub fn cost_put(put: &PutRequest) -> u64 {
+    KV_OVERHEAD_BYTES + put.key.len() as u64 + put.value.len() as u64
+}
+
+/// etcd's quota cost of a txn: the costlier branch's puts (nested txns are not counted).
+pub fn cost_txn(txn: &TxnRequest) -> u64 {
+    let branch = |ops: &[RequestOp]| -> u64 {
+        ops.iter()
+            .filter_map(|op| match &op.request {
+                Some(request_op::Request::RequestPut(put)) => Some(cost_put(put)),
+                _ => None,
+            })
+            .sum()
+    };
+    branch(&txn.success).max(branch(&txn.failure))
+}
+
+/// The quota cost of a proposal: 0 for requests that cannot grow the store.
+pub fn cost(request: &ProposalRequest) -> u64 {
+    match request {
+        ProposalRequest::Put(put) => cost_put(put),
+        ProposalRequest::Txn(txn) => cost_txn(txn),
+        _ => 0,
+    }
+}
+
+/// etcd's `backendQuota.Available`: whether a request of `cost` bytes fits under the quota.
+pub fn available(db_size_bytes: u64, cost: u64, quota_bytes: u64) -> bool {
+    cost == 0 || db_size_bytes.saturating_add(cost) < quota_bytes
+}
+
+/// The applier's view of alarms and quota: the replicated alarm set (loaded at start, changed
+/// only by `Alarm` entries) and this member's `--quota-backend-bytes`.
+#[derive(Debug)]
+pub struct Guard {
+    alarms: AlarmSet,
+    quota_bytes: u64,
+}
+
+impl Guard {
+    /// Loads the alarm set the store holds; no quota until `set_quota_bytes`.
+    pub fn load(mvcc: &Mvcc) -> Guard {
+        let alarms = match mvcc.aux(AUX_ALARMS) {
+            Ok(Some(bytes)) => AlarmSet::decode(&bytes)
+                .unwrap_or_else(|| panic!("malformed alarm set in the store: {bytes:x?}")),
+            Ok(None) => AlarmSet::default(),
+            Err(error) => panic!("cannot read the alarm set: {error}"),
+        };
+        Guard {
+            alarms,
+            quota_bytes: u64::MAX,
+        }
+    }
+
+    pub fn set_quota_bytes(&mut self, quota_bytes: u64) {
+        self.quota_bytes = quota_bytes;
+    }
+
+    /// Runs `execute` on `request` as etcd's capped and quota appliers would: refused with
+    /// `NoSpace` while the NOSPACE alarm is raised and the request would grow the store;
+    /// otherwise applied, and answered `NoSpace` if the store was over quota for it.
+    pub fn gate(
+        &self,
+        mvcc: &Mvcc,
+        request: Option<ProposalRequest>,
+        execute: impl FnOnce(Option<ProposalRequest>) -> Outcome,
+    ) -> Outcome {
+        let cost = request.as_ref().map_or(0, cost);
+        if cost > 0 && self.alarms.has(AlarmType::Nospace) {
+            return Outcome::from_result(Err(ApplyError::NoSpace));
+        }
+        let fits = available(
+            mvcc.page_store().space().file_bytes,
+            cost,
+            self.quota_bytes,
+        );
+        let outcome = execute(request);
+        match outcome.result {
+            Some(OutcomeResult::Error(_)) | None => outcome,
+            Some(_) if !fits => Outcome::from_result(Err(ApplyError::NoSpace)),
+            Some(_) => outcome,
+        }
+    }
+
+    /// Applies an `Alarm` entry in `batch` (etcd's `applierV3backend.Alarm`).
+    pub fn apply(
+        &mut self,
+        batch: &mut MvccBatch<'_>,
+        req: &AlarmRequest,
+    ) -> crate::mvcc::Result<AlarmResponse> {
+        let mut resp = AlarmResponse {
+            header: Some(ResponseHeader {
+                revision: batch.revision(),
+                ..ResponseHeader::default()
+            }),
+            ..AlarmResponse::default()
+        };
+        let action = AlarmAction::try_from(req.action).unwrap_or(AlarmAction::Get);
+        let changed = match action {
+            AlarmAction::Get => {
+                resp.alarms = self.alarms.get(req.alarm);
+                false
+            }
+            AlarmAction::Activate => {
+                // etcd answers with the alarm whether or not it was already raised; an unknown
+                // type is stored as given (etcd does too).
+                resp.alarms.push(AlarmMember {
+                    member_id: req.member_id,
+                    alarm: req.alarm,
+                });
+                req.alarm != AlarmType::None as i32
+                    && self.alarms.activate(req.member_id, req.alarm)
+            }
+            AlarmAction::Deactivate => {
+                let removed = self.alarms.deactivate(req.member_id, req.alarm);
+                if removed {
+                    resp.alarms.push(AlarmMember {
+                        member_id: req.member_id,
+                        alarm: req.alarm,
+                    });
+                }
+                removed
+            }
+        };
+        if changed {
+            if self.alarms.is_empty() {
+                batch.delete_aux(AUX_ALARMS)?;
+            } else {
+                batch.put_aux(AUX_ALARMS, &self.alarms.encode())?;
+            }
+        }
+        Ok(resp)
     }
 }

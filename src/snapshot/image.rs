@@ -211,8 +211,10 @@ fn plan_bucket(source: &Source<'_>, base: u64) -> Result<BucketPlan, SnapshotErr
 struct Output<'s> {
     buf: Vec<u8>,
     sha: Sha256,
-    send: &'s mut dyn FnMut(Vec<u8>) -> Result<(), SnapshotError>,
+    send: &'s mut dyn FnMut(Vec<u8>, u64) -> Result<(), SnapshotError>,
     pages: u64,
+    /// Bytes of the whole stream (image and trailer) not yet handed to `send`.
+    remaining: u64,
 }
 
 impl Output<'_> {
@@ -224,7 +226,8 @@ impl Output<'_> {
             self.buf.extend_from_slice(piece);
             if self.buf.len() >= CHUNK_BYTES {
                 let full = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK_BYTES));
-                (self.send)(full)?;
+                self.remaining -= full.len() as u64;
+                (self.send)(full, self.remaining)?;
             }
         }
         Ok(())
@@ -232,10 +235,11 @@ impl Output<'_> {
 }
 
 /// Writes the bbolt image of `view` followed by its SHA-256 trailer, in chunks of at most
-/// `CHUNK_BYTES` (the last chunk holds the trailer). Returns the image size without trailer.
+/// `CHUNK_BYTES` (the last chunk holds the trailer), each with the bytes still to come after
+/// it. Returns the image size without trailer.
 pub fn write_image(
     view: &ExportView,
-    send: &mut dyn FnMut(Vec<u8>) -> Result<(), SnapshotError>,
+    send: &mut dyn FnMut(Vec<u8>, u64) -> Result<(), SnapshotError>,
 ) -> Result<u64, SnapshotError> {
     const ROOT_LEAF: u64 = 3;
     let buckets = buckets(view)?;
@@ -260,6 +264,7 @@ pub fn write_image(
         sha: Sha256::new(),
         send,
         pages: 0,
+        remaining: total_pages * PAGE_BYTES as u64 + super::TRAILER_BYTES,
     };
     out.page(&bolt::meta_page(0, ROOT_LEAF, 2, total_pages, 2))?;
     out.page(&bolt::meta_page(1, ROOT_LEAF, 2, total_pages, 1))?;
@@ -270,10 +275,15 @@ pub fn write_image(
     }
     assert_eq!(out.pages, total_pages, "pages written differ from the plan");
     let Output {
-        mut buf, sha, send, ..
+        mut buf,
+        sha,
+        send,
+        remaining,
+        ..
     } = out;
     buf.extend_from_slice(&sha.finalize());
-    send(buf)?;
+    assert_eq!(buf.len() as u64, remaining);
+    send(buf, 0)?;
     Ok(total_pages * PAGE_BYTES as u64)
 }
 

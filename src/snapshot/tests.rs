@@ -18,13 +18,16 @@ fn store(dir: &Path) -> Mvcc {
 fn image(mvcc: &Mvcc) -> Vec<u8> {
     let view = mvcc.export().unwrap();
     let mut out = Vec::new();
-    let size = write_image(&view, &mut |chunk| {
+    let mut last_remaining = None;
+    let size = write_image(&view, &mut |chunk, remaining| {
         assert!(chunk.len() <= CHUNK_BYTES + TRAILER_BYTES as usize);
         out.extend_from_slice(&chunk);
+        last_remaining = Some(remaining);
         Ok(())
     })
     .unwrap();
     assert_eq!(out.len() as u64, size + TRAILER_BYTES);
+    assert_eq!(last_remaining, Some(0));
     out
 }
 
