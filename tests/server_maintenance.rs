@@ -133,7 +133,11 @@ fn snapshot_save_status_and_restore_round_trip_with_etcd_tools() {
         let theirs = ok(&ep, &["snapshot", "status", file_s, "-w", format]);
         let ours = ringkv_tool(&["snapshot", "status", file_s, "-w", format]);
         assert!(ours.status.success(), "{ours:?}");
-        assert_eq!(String::from_utf8(ours.stdout).unwrap(), theirs, "-w {format}");
+        assert_eq!(
+            String::from_utf8(ours.stdout).unwrap(),
+            theirs,
+            "-w {format}"
+        );
     }
 
     let everything = |ep: &str| {
@@ -189,11 +193,20 @@ fn snapshot_save_status_and_restore_round_trip_with_etcd_tools() {
         ok(&ep, &["endpoint", "hashkv"]).split(", ").nth(1)
     );
     // Restoring into a data dir in use is refused, as etcd refuses it.
-    let again = ringkv_tool(&["snapshot", "restore", file_s, "--data-dir", restored.to_str().unwrap()]);
+    let again = ringkv_tool(&[
+        "snapshot",
+        "restore",
+        file_s,
+        "--data-dir",
+        restored.to_str().unwrap(),
+    ]);
     assert!(!again.status.success());
     assert_eq!(
         String::from_utf8_lossy(&again.stderr).trim(),
-        format!("Error: data-dir {:?} not empty or could not be read", restored.to_str().unwrap())
+        format!(
+            "Error: data-dir {:?} not empty or could not be read",
+            restored.to_str().unwrap()
+        )
     );
 
     // etcd's own restore of the same file, served by etcd 3.4: the strongest check that the
@@ -217,7 +230,13 @@ fn snapshot_save_status_and_restore_round_trip_with_etcd_tools() {
             &peer_url,
         ],
     );
-    let etcd = Server::start_at(OsStr::new("/usr/bin/etcd"), &etcd_dir, free_port(), peer, &[]);
+    let etcd = Server::start_at(
+        OsStr::new("/usr/bin/etcd"),
+        &etcd_dir,
+        free_port(),
+        peer,
+        &[],
+    );
     let etcd_ep = endpoint(&etcd);
     assert_eq!(revision(&etcd_ep), rev);
     assert_eq!((everything(&etcd_ep), at_61(&etcd_ep)), expected);
@@ -243,7 +262,11 @@ fn restore_of_an_etcd_snapshot_serves_its_keys() {
     for format in ["simple", "table", "json"] {
         let theirs = ok(&ep, &["snapshot", "status", file_s, "-w", format]);
         let ours = ringkv_tool(&["snapshot", "status", file_s, "-w", format]);
-        assert_eq!(String::from_utf8(ours.stdout).unwrap(), theirs, "-w {format}");
+        assert_eq!(
+            String::from_utf8(ours.stdout).unwrap(),
+            theirs,
+            "-w {format}"
+        );
     }
 
     let peer = free_port();
@@ -278,7 +301,10 @@ fn restore_of_an_etcd_snapshot_serves_its_keys() {
         strip(&ok(&copy_ep, &["get", "", "--prefix", "-w", "json"])),
         strip(&expected)
     );
-    assert_eq!(ok(&copy_ep, &["get", "foo", "--rev=3", "--print-value-only"]), "baz\n");
+    assert_eq!(
+        ok(&copy_ep, &["get", "foo", "--rev=3", "--print-value-only"]),
+        "baz\n"
+    );
     assert_eq!(
         ok(&copy_ep, &["endpoint", "hashkv"]).split(", ").nth(1),
         ok(&ep, &["endpoint", "hashkv"]).split(", ").nth(1)
@@ -319,7 +345,10 @@ fn defragment_runs_online_while_writes_go_on() {
             ok(&ep, &["put", &format!("live-{i:03}-{j}"), &filler]);
         }
     }
-    ok(&ep, &["compaction", &revision(&ep).to_string(), "--physical"]);
+    ok(
+        &ep,
+        &["compaction", &revision(&ep).to_string(), "--physical"],
+    );
     let before = db_size(&ep);
 
     let writer = {
@@ -332,14 +361,27 @@ fn defragment_runs_online_while_writes_go_on() {
         })
     };
     let defrag = ok(&ep, &["defrag"]);
-    assert_eq!(defrag, format!("Finished defragmenting etcd member[{ep}]\n"));
-    assert_eq!(writer.join().unwrap(), 0, "every write during defrag succeeded");
+    assert_eq!(
+        defrag,
+        format!("Finished defragmenting etcd member[{ep}]\n")
+    );
+    assert_eq!(
+        writer.join().unwrap(),
+        0,
+        "every write during defrag succeeded"
+    );
     for i in 0..20 {
-        assert_eq!(ok(&ep, &["get", &format!("w{i}"), "--print-value-only"]), "v\n");
+        assert_eq!(
+            ok(&ep, &["get", &format!("w{i}"), "--print-value-only"]),
+            "v\n"
+        );
     }
     let after = db_size(&ep);
     if !is_reference() {
-        assert!(after < before, "defrag reclaimed space: {before} -> {after}");
+        assert!(
+            after < before,
+            "defrag reclaimed space: {before} -> {after}"
+        );
     }
     assert_eq!(
         ok(&ep, &["get", "big", "--print-value-only"]).len(),
@@ -366,7 +408,9 @@ fn nospace_alarm_refuses_writes_until_disarmed() {
     }
     let refused = refused.expect("the quota refuses a write within 60 MiB");
     assert!(
-        refused.trim_end().ends_with("Error: etcdserver: mvcc: database space exceeded"),
+        refused
+            .trim_end()
+            .ends_with("Error: etcdserver: mvcc: database space exceeded"),
         "{refused}"
     );
     let alarm = format!("memberID:{id} alarm:NOSPACE \n");
@@ -382,7 +426,11 @@ fn nospace_alarm_refuses_writes_until_disarmed() {
     );
 
     // The alarm is replicated state: it survives a restart.
-    assert_eq!(server.stop_with(libc::SIGTERM), Some(0));
+    let code = server.stop_with(libc::SIGTERM);
+    if !is_reference() {
+        // etcd re-raises SIGTERM, so it has no exit code.
+        assert_eq!(code, Some(0));
+    }
     server.restart();
     assert_eq!(ok(&ep, &["alarm", "list"]), alarm);
 

@@ -120,7 +120,10 @@ impl Maintenance for MaintenanceService {
         }))
     }
 
-    async fn alarm(&self, request: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
+    async fn alarm(
+        &self,
+        request: Request<AlarmRequest>,
+    ) -> Result<Response<AlarmResponse>, Status> {
         let data = Proposal::new(ProposalRequest::Alarm(request.into_inner())).encode_to_vec();
         let output = self
             .ctx
@@ -131,7 +134,10 @@ impl Maintenance for MaintenanceService {
         let outcome = Outcome::decode(output.as_slice())
             .map_err(|error| ApiError::Internal(format!("undecodable apply outcome: {error}")))?;
         let Some(OutcomeResult::Alarm(mut resp)) = outcome.result else {
-            return Err(ApiError::Internal("apply answered an alarm with another kind of response".into()).into());
+            return Err(ApiError::Internal(
+                "apply answered an alarm with another kind of response".into(),
+            )
+            .into());
         };
         self.ctx.fill(&mut resp.header);
         Ok(Response::new(resp))
@@ -151,7 +157,9 @@ impl Maintenance for MaintenanceService {
     async fn hash(&self, _: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
         let mvcc = self.ctx.mvcc.clone();
         let (hash, revision) = blocking(move || {
-            let view = mvcc.export().map_err(|e| ApiError::Internal(e.to_string()))?;
+            let view = mvcc
+                .export()
+                .map_err(|e| ApiError::Internal(e.to_string()))?;
             let hash = snapshot::backend_hash(&view).map_err(snapshot_error)?;
             Ok((hash, view.current_revision()))
         })
@@ -169,7 +177,9 @@ impl Maintenance for MaintenanceService {
         let rev = request.into_inner().revision;
         let mvcc = self.ctx.mvcc.clone();
         let hashed = blocking(move || {
-            let view = mvcc.export().map_err(|e| ApiError::Internal(e.to_string()))?;
+            let view = mvcc
+                .export()
+                .map_err(|e| ApiError::Internal(e.to_string()))?;
             snapshot::hash_kv(&view, rev).map_err(snapshot_error)
         })
         .await?;

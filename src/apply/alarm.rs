@@ -179,11 +179,7 @@ impl Guard {
         if cost > 0 && self.alarms.has(AlarmType::Nospace) {
             return Outcome::from_result(Err(ApplyError::NoSpace));
         }
-        let fits = available(
-            mvcc.page_store().space().file_bytes,
-            cost,
-            self.quota_bytes,
-        );
+        let fits = available(mvcc.page_store().space().file_bytes, cost, self.quota_bytes);
         let outcome = execute(request);
         match outcome.result {
             Some(OutcomeResult::Error(_)) | None => outcome,

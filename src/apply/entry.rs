@@ -19,8 +19,8 @@
 //! applied as nothing and answered with an empty outcome.
 
 use ringkv_proto::etcdserverpb::{
-    AlarmRequest, AlarmResponse, CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
-    PutResponse, TxnRequest, TxnResponse,
+    AlarmRequest, AlarmResponse, CompactionRequest, CompactionResponse, DeleteRangeRequest,
+    DeleteRangeResponse, PutRequest, PutResponse, TxnRequest, TxnResponse,
 };
 
 /// A write request as it travels through raft.

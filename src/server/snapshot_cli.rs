@@ -34,7 +34,11 @@ pub fn main(args: &[String]) -> ExitCode {
 }
 
 /// Flags `--name value` or `--name=value`; returns positional arguments and the flags.
-fn split(args: &[String], valued: &[&str], switches: &[&str]) -> Result<(Vec<String>, Vec<(String, String)>), String> {
+fn split(
+    args: &[String],
+    valued: &[&str],
+    switches: &[&str],
+) -> Result<(Vec<String>, Vec<(String, String)>), String> {
     let mut positional = Vec::new();
     let mut flags = Vec::new();
     let mut it = args.iter();
@@ -185,7 +189,10 @@ pub fn format_status(s: &FileStatus, format: &str) -> Result<String, String> {
             "{{\"hash\":{},\"revision\":{},\"totalKey\":{},\"totalSize\":{}}}\n",
             s.hash, s.revision, s.total_key, s.total_size
         )),
-        "table" => Ok(table(&["HASH", "REVISION", "TOTAL KEYS", "TOTAL SIZE"], &cells)),
+        "table" => Ok(table(
+            &["HASH", "REVISION", "TOTAL KEYS", "TOTAL SIZE"],
+            &cells,
+        )),
         other => Err(format!("unknown output format {other:?}")),
     }
 }

@@ -85,8 +85,16 @@ pub fn fits(count: usize, used: usize, bytes: usize) -> bool {
 fn page_header(buf: &mut [u8], id: u64, flags: u16, count: usize, pages: usize) {
     put_u64(buf, 0, id);
     put_u16(buf, 8, flags);
-    put_u16(buf, 10, u16::try_from(count).expect("count fits the page header"));
-    put_u32(buf, 12, u32::try_from(pages - 1).expect("overflow fits u32"));
+    put_u16(
+        buf,
+        10,
+        u16::try_from(count).expect("count fits the page header"),
+    );
+    put_u32(
+        buf,
+        12,
+        u32::try_from(pages - 1).expect("overflow fits u32"),
+    );
 }
 
 /// A leaf page (with its overflow pages) holding `entries` in order; `bucket` marks every value
@@ -221,7 +229,11 @@ impl BoltReader {
     }
 
     /// (txid, page size, root bucket page, high-water mark) of a valid meta in `slot`.
-    fn read_meta(file: &File, len: u64, slot: u64) -> Result<(u64, usize, u64, u64), SnapshotError> {
+    fn read_meta(
+        file: &File,
+        len: u64,
+        slot: u64,
+    ) -> Result<(u64, usize, u64, u64), SnapshotError> {
         // The page size is in the meta itself; slot 1 sits one page in, so read slot 0's
         // header first to learn where slot 1 is (bbolt does the same).
         let mut buf = [0u8; PAGE_HEADER_BYTES + META_BYTES];
@@ -232,7 +244,9 @@ impl BoltReader {
             get_u32(&buf, PAGE_HEADER_BYTES + 8) as usize
         };
         if slot == 1 && !(512..=65536).contains(&page_bytes) {
-            return Err(corrupt("meta 1 unreachable: meta 0 names no valid page size"));
+            return Err(corrupt(
+                "meta 1 unreachable: meta 0 names no valid page size",
+            ));
         }
         let at = slot * page_bytes as u64;
         if at + buf.len() as u64 > len {
@@ -247,7 +261,10 @@ impl BoltReader {
             return Err(corrupt("not a bbolt file: bad magic (invalid database)"));
         }
         if get_u32(m, 4) != VERSION {
-            return Err(corrupt(format!("unsupported bbolt version {}", get_u32(m, 4))));
+            return Err(corrupt(format!(
+                "unsupported bbolt version {}",
+                get_u32(m, 4)
+            )));
         }
         if fnv1a64(&m[..META_CHECKSUM_AT]) != get_u64(m, META_CHECKSUM_AT) {
             return Err(corrupt(format!("meta {slot} checksum mismatch")));
@@ -260,7 +277,9 @@ impl BoltReader {
         let freelist = get_u64(m, 32);
         let pages = get_u64(m, 40);
         if root < 2 || root >= pages || (freelist != NO_FREELIST && freelist >= pages) {
-            return Err(corrupt(format!("meta {slot} points outside its {pages} pages")));
+            return Err(corrupt(format!(
+                "meta {slot} points outside its {pages} pages"
+            )));
         }
         Ok((get_u64(m, 48), size, root, pages))
     }
@@ -268,12 +287,19 @@ impl BoltReader {
     /// Reads page `id` with its overflow pages.
     fn page(&self, id: u64) -> Result<Vec<u8>, SnapshotError> {
         if id < 2 || id >= self.pages {
-            return Err(corrupt(format!("page id {id} out of bounds ({} pages)", self.pages)));
+            return Err(corrupt(format!(
+                "page id {id} out of bounds ({} pages)",
+                self.pages
+            )));
         }
         let mut head = vec![0u8; self.page_bytes];
-        self.file.read_exact_at(&mut head, id * self.page_bytes as u64)?;
+        self.file
+            .read_exact_at(&mut head, id * self.page_bytes as u64)?;
         if get_u64(&head, 0) != id {
-            return Err(corrupt(format!("page {id} names itself {}", get_u64(&head, 0))));
+            return Err(corrupt(format!(
+                "page {id} names itself {}",
+                get_u64(&head, 0)
+            )));
         }
         let overflow = u64::from(get_u32(&head, 12));
         if id + overflow >= self.pages {
@@ -313,7 +339,9 @@ impl BoltReader {
         f: &mut dyn FnMut(&[u8], &[u8], bool) -> Result<(), SnapshotError>,
     ) -> Result<(), SnapshotError> {
         if depth > DEPTH_MAX {
-            return Err(corrupt(format!("tree deeper than {DEPTH_MAX} at page {id}")));
+            return Err(corrupt(format!(
+                "tree deeper than {DEPTH_MAX} at page {id}"
+            )));
         }
         let page = self.page(id)?;
         match get_u16(&page, 8) {
@@ -323,7 +351,9 @@ impl BoltReader {
                 for i in 0..count {
                     let elem = PAGE_HEADER_BYTES + ELEMENT_BYTES * i;
                     if elem + ELEMENT_BYTES > page.len() {
-                        return Err(corrupt(format!("branch page {id}: element {i} out of page")));
+                        return Err(corrupt(format!(
+                            "branch page {id}: element {i} out of page"
+                        )));
                     }
                     self.walk(get_u64(&page, elem + 8), depth + 1, f)?;
                 }
@@ -375,7 +405,11 @@ fn visit_leaf(
         match end {
             Some(end) if end <= page.len() => {
                 let key = &page[start..start + ksize];
-                f(key, &page[start + ksize..end], flags & LEAF_FLAG_BUCKET != 0)?;
+                f(
+                    key,
+                    &page[start + ksize..end],
+                    flags & LEAF_FLAG_BUCKET != 0,
+                )?;
             }
             _ => return Err(corrupt(format!("leaf element {i} points outside its page"))),
         }
@@ -395,7 +429,10 @@ mod tests {
 
     #[test]
     fn elements_point_at_their_keys() {
-        let entries = vec![(b"k1".to_vec(), b"v1".to_vec()), (b"k2".to_vec(), vec![7; 5000])];
+        let entries = vec![
+            (b"k1".to_vec(), b"v1".to_vec()),
+            (b"k2".to_vec(), vec![7; 5000]),
+        ];
         let page = leaf_page(9, &entries, false);
         assert_eq!(page.len(), 2 * PAGE_BYTES, "the large value overflows");
         assert_eq!(get_u32(&page, 12), 1);

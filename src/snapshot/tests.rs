@@ -39,7 +39,8 @@ fn an_image_restores_to_the_same_history() {
     // page, deletes, and a compaction.
     for i in 0..600 {
         let mut w = mvcc.write();
-        w.put(format!("key-{i:04}").as_bytes(), &[b'v'; 40], 0).unwrap();
+        w.put(format!("key-{i:04}").as_bytes(), &[b'v'; 40], 0)
+            .unwrap();
         w.commit(0).unwrap();
     }
     let mut w = mvcc.write();
@@ -124,7 +125,12 @@ fn an_image_restores_to_the_same_history() {
 fn garbage_is_refused_with_an_error() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("junk");
-    for junk in [vec![], vec![0u8; 100], vec![0xAB; 3 * 4096], b"hello".repeat(5000)] {
+    for junk in [
+        vec![],
+        vec![0u8; 100],
+        vec![0xAB; 3 * 4096],
+        b"hello".repeat(5000),
+    ] {
         std::fs::write(&file, &junk).unwrap();
         assert!(file_status(&file).is_err());
     }
@@ -133,7 +139,10 @@ fn garbage_is_refused_with_an_error() {
     let mut bytes = image(&mvcc);
     bytes.truncate(bytes.len() - TRAILER_BYTES as usize);
     // Root bucket leaf (page 3): first element's bucket header points at page 4; make it 9999.
-    let first_value = 3 * 4096 + 16 + u32::from_le_bytes(bytes[3 * 4096 + 20..3 * 4096 + 24].try_into().unwrap()) as usize + 5;
+    let first_value = 3 * 4096
+        + 16
+        + u32::from_le_bytes(bytes[3 * 4096 + 20..3 * 4096 + 24].try_into().unwrap()) as usize
+        + 5;
     bytes[first_value..first_value + 8].copy_from_slice(&9999u64.to_le_bytes());
     std::fs::write(&file, &bytes).unwrap();
     let error = file_status(&file).unwrap_err().to_string();
