@@ -85,7 +85,15 @@ impl AlarmSet {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
+    use prost::Message;
+    use ringkv_proto::etcdserverpb::DeleteRangeRequest;
+
     use super::*;
+    use crate::apply::entry::Proposal;
+    use crate::apply::Applier;
+    use crate::page_store::{PageStore, PageStoreConfig, SimDisk};
 
     #[test]
     fn round_trips_and_filters() {
@@ -101,6 +109,97 @@ mod tests {
         assert!(set.deactivate(7, AlarmType::Nospace as i32));
         assert!(!set.has(AlarmType::Nospace));
         assert_eq!(AlarmSet::decode(&[1, 2, 3]), None);
+    }
+
+    /// Applies `request` as entry `index`; the outcome's result.
+    fn apply(applier: &mut Applier, index: u64, request: ProposalRequest) -> OutcomeResult {
+        let bytes = Proposal::new(request).encode_to_vec();
+        Outcome::decode(applier.apply_entry(index, &bytes).as_slice())
+            .unwrap()
+            .result
+            .unwrap()
+    }
+
+    fn put(key: &str) -> ProposalRequest {
+        ProposalRequest::Put(PutRequest {
+            key: key.into(),
+            value: b"v".to_vec(),
+            ..PutRequest::default()
+        })
+    }
+
+    fn alarm(action: AlarmAction, alarm: AlarmType) -> ProposalRequest {
+        ProposalRequest::Alarm(AlarmRequest {
+            action: action as i32,
+            member_id: 7,
+            alarm: alarm as i32,
+        })
+    }
+
+    const NO_SPACE: OutcomeResult = OutcomeResult::Error(20);
+
+    #[test]
+    fn nospace_caps_writes_survives_reopen_and_disarms() {
+        let disk = Arc::new(SimDisk::new());
+        let open = || {
+            Mvcc::open(PageStore::open_on(disk.clone(), PageStoreConfig::default()).unwrap())
+                .unwrap()
+        };
+        let mvcc = open();
+        let mut applier = Applier::new(mvcc.clone());
+        assert!(matches!(
+            apply(&mut applier, 1, put("a")),
+            OutcomeResult::Put(_)
+        ));
+        let OutcomeResult::Alarm(raised) = apply(
+            &mut applier,
+            2,
+            alarm(AlarmAction::Activate, AlarmType::Nospace),
+        ) else {
+            panic!("not an alarm response")
+        };
+        assert_eq!(raised.alarms.len(), 1);
+        assert_eq!(apply(&mut applier, 3, put("b")), NO_SPACE);
+        // Deletes and compaction still apply.
+        let delete = ProposalRequest::DeleteRange(DeleteRangeRequest {
+            key: b"a".to_vec(),
+            ..DeleteRangeRequest::default()
+        });
+        assert!(matches!(
+            apply(&mut applier, 4, delete),
+            OutcomeResult::DeleteRange(_)
+        ));
+        drop(applier);
+        drop(mvcc);
+
+        // Replicated state: a reopened store still refuses, and GET lists the alarm.
+        let mvcc = open();
+        let mut applier = Applier::new(mvcc.clone());
+        assert_eq!(apply(&mut applier, 5, put("b")), NO_SPACE);
+        let OutcomeResult::Alarm(listed) =
+            apply(&mut applier, 6, alarm(AlarmAction::Get, AlarmType::None))
+        else {
+            panic!("not an alarm response")
+        };
+        assert_eq!(listed.alarms, raised.alarms);
+        let OutcomeResult::Alarm(cleared) = apply(
+            &mut applier,
+            7,
+            alarm(AlarmAction::Deactivate, AlarmType::Nospace),
+        ) else {
+            panic!("not an alarm response")
+        };
+        assert_eq!(cleared.alarms, raised.alarms);
+        assert!(matches!(
+            apply(&mut applier, 8, put("b")),
+            OutcomeResult::Put(_)
+        ));
+        assert_eq!(mvcc.current_revision(), 4, "put a, delete a, put b");
+
+        // Over quota, a write is applied (members stay identical) but answered NoSpace.
+        applier.set_quota_backend_bytes(1);
+        assert_eq!(apply(&mut applier, 9, put("c")), NO_SPACE);
+        assert_eq!(mvcc.current_revision(), 5);
     }
 }
 

@@ -9,6 +9,7 @@
 //! Defaults are etcdctl's: name `default`, data dir `<name>.etcd`, cluster
 //! `default=http://localhost:2380`, token `etcd-cluster`, peer URL `http://localhost:2380`.
 
+use std::fmt::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -33,12 +34,11 @@ pub fn main(args: &[String]) -> ExitCode {
     }
 }
 
+/// Positional arguments, and flags as (name, value).
+type Parsed = (Vec<String>, Vec<(String, String)>);
+
 /// Flags `--name value` or `--name=value`; returns positional arguments and the flags.
-fn split(
-    args: &[String],
-    valued: &[&str],
-    switches: &[&str],
-) -> Result<(Vec<String>, Vec<(String, String)>), String> {
+fn split(args: &[String], valued: &[&str], switches: &[&str]) -> Result<Parsed, String> {
     let mut positional = Vec::new();
     let mut flags = Vec::new();
     let mut it = args.iter();
@@ -204,21 +204,28 @@ fn table(headers: &[&str], cells: &[String]) -> String {
         .zip(cells)
         .map(|(h, c)| h.len().max(c.len()))
         .collect();
-    let rule: String = widths
-        .iter()
-        .map(|w| format!("+{}", "-".repeat(w + 2)))
-        .collect::<String>()
-        + "+\n";
+    let mut rule = String::new();
+    for w in &widths {
+        rule.push('+');
+        rule.push_str(&"-".repeat(w + 2));
+    }
+    rule.push_str("+\n");
     let mut out = rule.clone();
     for (h, w) in headers.iter().zip(&widths) {
         let gap = w - h.len();
         let left = gap / 2;
-        out += &format!("| {}{}{} ", " ".repeat(left), h, " ".repeat(gap - left));
+        let _ = write!(
+            out,
+            "| {}{}{} ",
+            " ".repeat(left),
+            h,
+            " ".repeat(gap - left)
+        );
     }
     out += "|\n";
     out += &rule;
     for (c, w) in cells.iter().zip(&widths) {
-        out += &format!("| {c:>w$} ");
+        let _ = write!(out, "| {c:>w$} ");
     }
     out += "|\n";
     out += &rule;

@@ -33,6 +33,9 @@ pub const KEY_BYTES_MAX: usize = 32768;
 
 const _: () = assert!(PAGE_HEADER_BYTES + META_BYTES <= PAGE_BYTES);
 
+/// Called with each entry of a bucket: key, value, and whether the value is a bucket.
+pub type Visitor<'f> = dyn FnMut(&[u8], &[u8], bool) -> Result<(), SnapshotError> + 'f;
+
 fn fnv1a64(bytes: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for &b in bytes {
@@ -321,23 +324,14 @@ impl BoltReader {
     }
 
     /// Calls `f(key, value, is_bucket)` for every entry of `bucket` in key order.
-    pub fn for_each(
-        &self,
-        bucket: &BucketRoot,
-        f: &mut dyn FnMut(&[u8], &[u8], bool) -> Result<(), SnapshotError>,
-    ) -> Result<(), SnapshotError> {
+    pub fn for_each(&self, bucket: &BucketRoot, f: &mut Visitor<'_>) -> Result<(), SnapshotError> {
         match bucket {
             BucketRoot::Inline(page) => visit_leaf(page, f),
             BucketRoot::Page(id) => self.walk(*id, 0, f),
         }
     }
 
-    fn walk(
-        &self,
-        id: u64,
-        depth: usize,
-        f: &mut dyn FnMut(&[u8], &[u8], bool) -> Result<(), SnapshotError>,
-    ) -> Result<(), SnapshotError> {
+    fn walk(&self, id: u64, depth: usize, f: &mut Visitor<'_>) -> Result<(), SnapshotError> {
         if depth > DEPTH_MAX {
             return Err(corrupt(format!(
                 "tree deeper than {DEPTH_MAX} at page {id}"
@@ -377,10 +371,7 @@ impl BoltReader {
 
 /// Calls `f` for every element of a leaf page held in `page` (a whole page, or an inline
 /// bucket's page, which may be shorter than a page).
-fn visit_leaf(
-    page: &[u8],
-    f: &mut dyn FnMut(&[u8], &[u8], bool) -> Result<(), SnapshotError>,
-) -> Result<(), SnapshotError> {
+fn visit_leaf(page: &[u8], f: &mut Visitor<'_>) -> Result<(), SnapshotError> {
     if page.len() < PAGE_HEADER_BYTES {
         return Err(corrupt("inline bucket page shorter than its header"));
     }

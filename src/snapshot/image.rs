@@ -113,6 +113,9 @@ fn buckets(view: &ExportView) -> Result<Vec<(&'static [u8], Source<'_>)>, Snapsh
     Ok(out)
 }
 
+/// A branch element: the child's first key and page id.
+type Child = (Vec<u8>, u64);
+
 /// One planned leaf: how many entries, how many pages, its first key.
 struct LeafPlan {
     count: usize,
@@ -125,7 +128,7 @@ struct BucketPlan {
     base: u64,
     leaves: Vec<LeafPlan>,
     /// Branch pages in file order: (id, children).
-    branches: Vec<(u64, Vec<(Vec<u8>, u64)>)>,
+    branches: Vec<(u64, Vec<Child>)>,
     root: u64,
     /// First page id after this bucket.
     end: u64,
@@ -170,7 +173,7 @@ fn plan_leaves(source: &Source<'_>) -> Result<Vec<LeafPlan>, SnapshotError> {
 fn plan_bucket(source: &Source<'_>, base: u64) -> Result<BucketPlan, SnapshotError> {
     let leaves = plan_leaves(source)?;
     let mut next = base;
-    let mut level: Vec<(Vec<u8>, u64)> = Vec::with_capacity(leaves.len());
+    let mut level: Vec<Child> = Vec::with_capacity(leaves.len());
     for leaf in &leaves {
         level.push((leaf.first_key.clone(), next));
         next += leaf.pages as u64;
@@ -178,7 +181,7 @@ fn plan_bucket(source: &Source<'_>, base: u64) -> Result<BucketPlan, SnapshotErr
     let mut branches = Vec::new();
     while level.len() > 1 {
         let mut upper = Vec::new();
-        let mut page: Vec<(Vec<u8>, u64)> = Vec::new();
+        let mut page: Vec<Child> = Vec::new();
         let mut used = 0;
         for child in level {
             let bytes = bolt::branch_entry_bytes(&child.0);
