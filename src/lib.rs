@@ -10,4 +10,5 @@ pub mod mvcc;
 pub mod page_store;
 pub mod raft;
 pub mod server;
+pub mod snapshot;
 pub mod wal;

@@ -1,5 +1,6 @@
 //! The `ringkv` binary: parses and checks the configuration (etcd's flags, `ETCD_*` variables,
 //! `--config-file`, `--tuning-profile`), then runs the server until SIGTERM or SIGINT.
+//! `ringkv snapshot status|restore ...` is the offline snapshot tool instead.
 
 use std::num::NonZeroUsize;
 use std::process::ExitCode;
@@ -7,6 +8,13 @@ use std::process::ExitCode;
 use ringkv::config::{self, ConfigError, Invocation, LogLevel, API_VERSION};
 
 fn main() -> ExitCode {
+    if std::env::args_os().nth(1).is_some_and(|a| a == "snapshot") {
+        let args: Vec<String> = std::env::args_os()
+            .skip(2)
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        return ringkv::server::snapshot_cli::main(&args);
+    }
     ignore_empty_etcd_env();
     let cores = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
     match config::parse_args(std::env::args_os(), cores) {

@@ -38,6 +38,9 @@ pub enum ApiError {
     TooManyRequests,
     #[error("etcdserver: request timed out")]
     Timeout,
+    /// MoveLeader to a member that is not a voter of this cluster.
+    #[error("etcdserver: bad leader transferee")]
+    BadLeaderTransferee,
     /// A storage or internal failure; etcd answers these with code Unknown and the error text.
     #[error("{0}")]
     Internal(String),
@@ -74,7 +77,10 @@ impl ApiError {
             ApiError::Stopped | ApiError::NoLeader | ApiError::NotLeader | ApiError::Timeout => {
                 Code::Unavailable
             }
-            ApiError::TooManyRequests => Code::ResourceExhausted,
+            ApiError::TooManyRequests | ApiError::Apply(ApplyError::NoSpace) => {
+                Code::ResourceExhausted
+            }
+            ApiError::BadLeaderTransferee => Code::FailedPrecondition,
             ApiError::Internal(_) => Code::Unknown,
         }
     }
@@ -127,6 +133,16 @@ mod tests {
                 ApiError::Apply(ApplyError::LeaseNotFound),
                 Code::NotFound,
                 "etcdserver: requested lease not found",
+            ),
+            (
+                ApiError::Apply(ApplyError::NoSpace),
+                Code::ResourceExhausted,
+                "etcdserver: mvcc: database space exceeded",
+            ),
+            (
+                ApiError::BadLeaderTransferee,
+                Code::FailedPrecondition,
+                "etcdserver: bad leader transferee",
             ),
             (
                 ApiError::Apply(ApplyError::KeyNotFound),

@@ -33,6 +33,9 @@ impl KvService {
         let output = self.ctx.consensus.propose(data).await?;
         let outcome = Outcome::decode(output.as_slice())
             .map_err(|error| ApiError::Internal(format!("undecodable apply outcome: {error}")))?;
+        if outcome.result == Some(OutcomeResult::Error(ApplyError::NoSpace.code())) {
+            super::quota::raise_nospace(&self.ctx).await;
+        }
         match outcome.result {
             Some(OutcomeResult::Error(code)) => Err(ApplyError::from_code(code).map_or_else(
                 || ApiError::Internal(format!("apply error {code}")),
@@ -82,6 +85,7 @@ impl Kv for KvService {
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
         let req = request.into_inner();
         validate::check_put(&req)?;
+        super::quota::check(&self.ctx, crate::apply::alarm::cost_put(&req)).await?;
         let OutcomeResult::Put(mut resp) = self.propose(ProposalRequest::Put(req)).await? else {
             return Err(unexpected("put"));
         };
@@ -114,6 +118,7 @@ impl Kv for KvService {
             self.linearize(exec::is_txn_serializable(&req)).await?;
             exec::txn_read_only(&ReadAt::current(&self.ctx.mvcc), &req).map_err(exec_error)?
         } else {
+            super::quota::check(&self.ctx, crate::apply::alarm::cost_txn(&req)).await?;
             let OutcomeResult::Txn(resp) = self.propose(ProposalRequest::Txn(req)).await? else {
                 return Err(unexpected("txn"));
             };

@@ -7,6 +7,7 @@ pub mod error;
 pub mod kv;
 pub mod limit;
 pub mod maintenance;
+pub mod quota;
 pub mod validate;
 
 use std::sync::Arc;
@@ -61,6 +62,9 @@ pub struct Limits {
     /// etcd's `--max-request-bytes`: the largest encoded proposal.
     pub max_request_bytes: u64,
     pub max_txn_ops: u64,
+    /// etcd's `--quota-backend-bytes`: writes that would take the store past it are refused
+    /// and raise the NOSPACE alarm.
+    pub quota_backend_bytes: u64,
 }
 
 /// What every service shares.

@@ -7,24 +7,26 @@
 //!
 //! ```text
 //! Proposal { oneof request { PutRequest put = 1; DeleteRangeRequest delete_range = 2;
-//!                            TxnRequest txn = 3; CompactionRequest compaction = 4; } }
+//!                            TxnRequest txn = 3; CompactionRequest compaction = 4;
+//!                            AlarmRequest alarm = 10; } }
 //! Outcome  { oneof result  { PutResponse put = 1; DeleteRangeResponse delete_range = 2;
 //!                            TxnResponse txn = 3; CompactionResponse compaction = 4;
-//!                            int32 error = 5; /* ApplyError::code */ } }
+//!                            int32 error = 5; /* ApplyError::code */
+//!                            AlarmResponse alarm = 10; } }
 //! ```
 //!
 //! An entry with empty data (raft's own no-op after an election) or with no request set is
 //! applied as nothing and answered with an empty outcome.
 
 use ringkv_proto::etcdserverpb::{
-    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
-    PutResponse, TxnRequest, TxnResponse,
+    AlarmRequest, AlarmResponse, CompactionRequest, CompactionResponse, DeleteRangeRequest,
+    DeleteRangeResponse, PutRequest, PutResponse, TxnRequest, TxnResponse,
 };
 
 /// A write request as it travels through raft.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Proposal {
-    #[prost(oneof = "ProposalRequest", tags = "1, 2, 3, 4")]
+    #[prost(oneof = "ProposalRequest", tags = "1, 2, 3, 4, 10")]
     pub request: Option<ProposalRequest>,
 }
 
@@ -38,12 +40,15 @@ pub enum ProposalRequest {
     Txn(TxnRequest),
     #[prost(message, tag = "4")]
     Compaction(CompactionRequest),
+    /// etcd's `Alarm` (GET, ACTIVATE, DEACTIVATE): alarms are replicated state.
+    #[prost(message, tag = "10")]
+    Alarm(AlarmRequest),
 }
 
 /// What applying one entry produced, returned to the proposer.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Outcome {
-    #[prost(oneof = "OutcomeResult", tags = "1, 2, 3, 4, 5")]
+    #[prost(oneof = "OutcomeResult", tags = "1, 2, 3, 4, 5, 10")]
     pub result: Option<OutcomeResult>,
 }
 
@@ -60,6 +65,8 @@ pub enum OutcomeResult {
     /// An `ApplyError` code.
     #[prost(int32, tag = "5")]
     Error(i32),
+    #[prost(message, tag = "10")]
+    Alarm(AlarmResponse),
 }
 
 /// Expected refusals while applying: the entry changed nothing. Messages are etcd's.
@@ -75,14 +82,19 @@ pub enum ApplyError {
     Compacted,
     #[error("etcdserver: mvcc: required revision is a future revision")]
     FutureRevision,
+    /// The NOSPACE alarm is raised, or this write took the store past its quota (the write is
+    /// then applied all the same, as etcd's `quotaApplierV3` does, so members stay identical).
+    #[error("etcdserver: mvcc: database space exceeded")]
+    NoSpace,
 }
 
 impl ApplyError {
-    const ALL: [ApplyError; 4] = [
+    const ALL: [ApplyError; 5] = [
         ApplyError::KeyNotFound,
         ApplyError::LeaseNotFound,
         ApplyError::Compacted,
         ApplyError::FutureRevision,
+        ApplyError::NoSpace,
     ];
 
     /// Stable wire code in `Outcome.error`.
@@ -92,6 +104,7 @@ impl ApplyError {
             ApplyError::LeaseNotFound => 2,
             ApplyError::Compacted => 3,
             ApplyError::FutureRevision => 4,
+            ApplyError::NoSpace => 20,
         }
     }
 

@@ -16,6 +16,7 @@
 //!
 //! A storage failure while applying is fatal: the applied state would no longer follow the log.
 
+pub mod alarm;
 pub mod entry;
 pub mod exec;
 
@@ -32,6 +33,7 @@ pub struct Applier {
     mvcc: Mvcc,
     applied_index: u64,
     compactor: Compactor,
+    guard: alarm::Guard,
 }
 
 impl Applier {
@@ -39,11 +41,18 @@ impl Applier {
     pub fn new(mvcc: Mvcc) -> Applier {
         let applied_index = mvcc.page_store().consistent_index();
         let compactor = Compactor::spawn(mvcc.clone());
+        let guard = alarm::Guard::load(&mvcc);
         Applier {
             mvcc,
             applied_index,
             compactor,
+            guard,
         }
+    }
+
+    /// This member's `--quota-backend-bytes` (none until set).
+    pub fn set_quota_backend_bytes(&mut self, bytes: u64) {
+        self.guard.set_quota_bytes(bytes);
     }
 
     /// The last applied entry; durable (it is the page store's consistent index).
@@ -90,7 +99,16 @@ impl Applier {
                     }
                     self.compact_entry(index, &req)
                 }
-                request => execute(batch.get_or_insert_with(|| mvcc.batch()), index, request),
+                Some(ProposalRequest::Alarm(req)) => {
+                    let batch = batch.get_or_insert_with(|| mvcc.batch());
+                    match self.guard.apply(batch, &req) {
+                        Ok(resp) => Outcome::from_result(Ok(OutcomeResult::Alarm(resp))),
+                        Err(error) => fatal(index, &error),
+                    }
+                }
+                request => self.guard.gate(&mvcc, request, |request| {
+                    execute(batch.get_or_insert_with(|| mvcc.batch()), index, request)
+                }),
             };
             last = index;
             outcomes.push(outcome.encode_to_vec());
@@ -155,6 +173,7 @@ fn execute(batch: &mut MvccBatch<'_>, index: u64, request: Option<ProposalReques
         }
         ProposalRequest::Txn(txn) => exec::txn(&mut w, &txn).map(OutcomeResult::Txn),
         ProposalRequest::Compaction(_) => unreachable!("a compaction ends the batch"),
+        ProposalRequest::Alarm(_) => unreachable!("alarms are applied by the guard"),
     };
     match result {
         Ok(result) => {

@@ -21,6 +21,8 @@
 //!             "compacted_rev"  -> i64    reads below it fail with `Compacted`
 //!             "compact_job"    -> from i64 ‖ target i64 ‖ next main i64 ‖ next sub i64
 //!                                          (present only while a physical compaction is due)
+//! aux       0x05 ‖ name                                   -> value   (replicated state of the
+//!             layers above that is not keys, e.g. alarms; written in a batch's commit)
 //! version   0x02 ‖ esc(key) ‖ 0x00 0x00 ‖ main ‖ sub      -> record
 //!             record = 0x00 ‖ create_revision ‖ version ‖ lease ‖ value bytes   (a put)
 //!                    | 0x01                                                     (a tombstone)
@@ -91,6 +93,7 @@
 
 mod compaction;
 mod encoding;
+mod export;
 mod range;
 mod txn;
 mod view;
@@ -110,6 +113,7 @@ use encoding::{
     decode_i64, decode_revision_key, decode_version_key, revision_key, Record, META_COMPACTED_REV,
     META_COMPACT_JOB, META_CURRENT_REV, TABLE_REVISION, TABLE_VERSION,
 };
+pub use export::{ExportView, ExportedVersion, Importer};
 pub use range::prefix_end;
 use range::KeyRange;
 pub use txn::{BatchTxn, MvccBatch, MvccTxn};

@@ -25,7 +25,7 @@ use super::{check_read_rev, Inner, KeyValue, RangeOptions, RangeResult, Result, 
 /// compaction batches and other writers wait until it ends.
 pub struct MvccBatch<'a> {
     // Field order is drop order: the page store's transaction ends before the writer lock.
-    txn: WriteTxn<'a>,
+    pub(super) txn: WriteTxn<'a>,
     /// The committed state this batch started from (the writer lock keeps it current).
     snap: Snapshot,
     inner: &'a Inner,

@@ -11,6 +11,7 @@
 
 pub mod ids;
 pub mod raft_log;
+pub mod snapshot_cli;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -102,7 +103,8 @@ pub fn run(config: &Config) -> Result<(), ServerError> {
         mvcc.compacted_revision(),
         mvcc.page_store().consistent_index()
     );
-    let applier = Applier::new(mvcc.clone());
+    let mut applier = Applier::new(mvcc.clone());
+    applier.set_quota_backend_bytes(config.quota_backend_bytes);
     // Returns once the WAL is replayed into MVCC and this member leads.
     let handle = raft::start(
         raft_config(config, &wal_dir, ids),
@@ -117,6 +119,7 @@ pub fn run(config: &Config) -> Result<(), ServerError> {
         limits: Limits {
             max_request_bytes: config.max_request_bytes,
             max_txn_ops: config.max_txn_ops,
+            quota_backend_bytes: config.quota_backend_bytes,
         },
     });
 

@@ -32,6 +32,7 @@ pub fn free_port() -> u16 {
 
 pub struct Server {
     child: Option<Child>,
+    binary: std::ffi::OsString,
     pub client_port: u16,
     peer_port: u16,
     pub data_dir: PathBuf,
@@ -43,10 +44,23 @@ pub struct Server {
 impl Server {
     /// Starts a single-member server with its data in `data_dir`.
     pub fn start(data_dir: &Path, extra: &[&str]) -> Server {
+        Server::start_at(&server_binary(), data_dir, free_port(), free_port(), extra)
+    }
+
+    /// Starts `binary` (ringkv or etcd) as member `default` on the given ports, e.g. on a data
+    /// dir restored from a snapshot for `default=http://127.0.0.1:<peer_port>`.
+    pub fn start_at(
+        binary: &std::ffi::OsStr,
+        data_dir: &Path,
+        client_port: u16,
+        peer_port: u16,
+        extra: &[&str],
+    ) -> Server {
         let mut server = Server {
             child: None,
-            client_port: free_port(),
-            peer_port: free_port(),
+            binary: binary.to_owned(),
+            client_port,
+            peer_port,
             data_dir: data_dir.to_owned(),
             log_path: PathBuf::new(),
             extra: extra.iter().map(|s| (*s).to_owned()).collect(),
@@ -68,7 +82,7 @@ impl Server {
         let log = File::create(&self.log_path).unwrap();
         let client = self.endpoint();
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
-        let child = Command::new(server_binary())
+        let child = Command::new(&self.binary)
             .arg("--data-dir")
             .arg(&self.data_dir)
             .args(["--listen-client-urls", &client])
