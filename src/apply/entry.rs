@@ -7,24 +7,34 @@
 //!
 //! ```text
 //! Proposal { oneof request { PutRequest put = 1; DeleteRangeRequest delete_range = 2;
-//!                            TxnRequest txn = 3; CompactionRequest compaction = 4; } }
+//!                            TxnRequest txn = 3; CompactionRequest compaction = 4;
+//!                            LeaseGrantRequest lease_grant = 6;
+//!                            LeaseRevokeRequest lease_revoke = 7; } }
 //! Outcome  { oneof result  { PutResponse put = 1; DeleteRangeResponse delete_range = 2;
 //!                            TxnResponse txn = 3; CompactionResponse compaction = 4;
-//!                            int32 error = 5; /* ApplyError::code */ } }
+//!                            int32 error = 5; /* ApplyError::code */
+//!                            LeaseGrantResponse lease_grant = 6;
+//!                            LeaseRevokeResponse lease_revoke = 7; } }
 //! ```
+//!
+//! Tags 8 and 9 are reserved for leases (checkpoints) in both messages. A `lease_grant` entry
+//! carries a non-zero id (the API picks one when the client asks for 0) and the TTL already
+//! raised to the minimum (`lease::LeaseConfig::ttl_min_secs`), so applying it needs no
+//! configuration.
 //!
 //! An entry with empty data (raft's own no-op after an election) or with no request set is
 //! applied as nothing and answered with an empty outcome.
 
 use ringkv_proto::etcdserverpb::{
-    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
+    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse,
+    LeaseGrantRequest, LeaseGrantResponse, LeaseRevokeRequest, LeaseRevokeResponse, PutRequest,
     PutResponse, TxnRequest, TxnResponse,
 };
 
 /// A write request as it travels through raft.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Proposal {
-    #[prost(oneof = "ProposalRequest", tags = "1, 2, 3, 4")]
+    #[prost(oneof = "ProposalRequest", tags = "1, 2, 3, 4, 6, 7")]
     pub request: Option<ProposalRequest>,
 }
 
@@ -38,12 +48,16 @@ pub enum ProposalRequest {
     Txn(TxnRequest),
     #[prost(message, tag = "4")]
     Compaction(CompactionRequest),
+    #[prost(message, tag = "6")]
+    LeaseGrant(LeaseGrantRequest),
+    #[prost(message, tag = "7")]
+    LeaseRevoke(LeaseRevokeRequest),
 }
 
 /// What applying one entry produced, returned to the proposer.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Outcome {
-    #[prost(oneof = "OutcomeResult", tags = "1, 2, 3, 4, 5")]
+    #[prost(oneof = "OutcomeResult", tags = "1, 2, 3, 4, 5, 6, 7")]
     pub result: Option<OutcomeResult>,
 }
 
@@ -60,6 +74,10 @@ pub enum OutcomeResult {
     /// An `ApplyError` code.
     #[prost(int32, tag = "5")]
     Error(i32),
+    #[prost(message, tag = "6")]
+    LeaseGrant(LeaseGrantResponse),
+    #[prost(message, tag = "7")]
+    LeaseRevoke(LeaseRevokeResponse),
 }
 
 /// Expected refusals while applying: the entry changed nothing. Messages are etcd's.
@@ -68,21 +86,29 @@ pub enum ApplyError {
     /// `ignore_value`/`ignore_lease` on a key that does not exist.
     #[error("etcdserver: key not found")]
     KeyNotFound,
-    /// Any non-zero lease: ringkv has no leases yet, so every lease id is unknown.
+    /// A put naming a lease that does not exist; a revoke of one; a grant of id 0.
     #[error("etcdserver: requested lease not found")]
     LeaseNotFound,
     #[error("etcdserver: mvcc: required revision has been compacted")]
     Compacted,
     #[error("etcdserver: mvcc: required revision is a future revision")]
     FutureRevision,
+    /// A grant of an id that is already a lease.
+    #[error("etcdserver: lease already exists")]
+    LeaseExists,
+    /// A grant above `lease::TTL_MAX_SECS`.
+    #[error("etcdserver: too large lease TTL")]
+    LeaseTtlTooLarge,
 }
 
 impl ApplyError {
-    const ALL: [ApplyError; 4] = [
+    const ALL: [ApplyError; 6] = [
         ApplyError::KeyNotFound,
         ApplyError::LeaseNotFound,
         ApplyError::Compacted,
         ApplyError::FutureRevision,
+        ApplyError::LeaseExists,
+        ApplyError::LeaseTtlTooLarge,
     ];
 
     /// Stable wire code in `Outcome.error`.
@@ -92,6 +118,9 @@ impl ApplyError {
             ApplyError::LeaseNotFound => 2,
             ApplyError::Compacted => 3,
             ApplyError::FutureRevision => 4,
+            // 10-19: leases.
+            ApplyError::LeaseExists => 10,
+            ApplyError::LeaseTtlTooLarge => 11,
         }
     }
 

@@ -27,6 +27,9 @@
 //! revision  0x03 ‖ main ‖ sub                             -> key (raw bytes)
 //! ```
 //!
+//! First bytes from `FOREIGN_TABLE_MIN` (0x04) up belong to layers above MVCC, written in the same
+//! page-store commits through `MvccBatch::put_foreign` (0x04: the lease table, `src/lease/`).
+//!
 //! `esc` writes each `0x00` byte of the key as `0x00 0xFF` and leaves other bytes alone, so the
 //! terminator `0x00 0x00` sorts below every continuation of the key: the encoding preserves key
 //! order, and the versions of `"a"` never interleave with those of `"a\0"` or `"ab"`. Within a
@@ -111,6 +114,9 @@ use encoding::{
     META_COMPACT_JOB, META_CURRENT_REV, TABLE_REVISION, TABLE_VERSION,
 };
 pub use range::prefix_end;
+
+/// The lowest first byte of a table MVCC does not own (see the key encoding).
+pub const FOREIGN_TABLE_MIN: u8 = encoding::TABLE_REVISION + 1;
 use range::KeyRange;
 pub use txn::{BatchTxn, MvccBatch, MvccTxn};
 
@@ -396,6 +402,18 @@ impl Mvcc {
             events.push(event);
         }
         Ok(events)
+    }
+
+    /// Calls `f` on every kv alive at the current revision, ascending by key, and returns that
+    /// revision. One pass over each live key's newest version (seeks skip older ones): what the
+    /// lessor costs at open to rebuild which keys each lease holds.
+    pub fn for_each_alive(&self, mut f: impl FnMut(KeyValue)) -> Result<i64> {
+        let view = self.read_view();
+        let range = KeyRange::new(b"", b"\x00");
+        for kv in view::AliveKeys::new(&view.snap, &range, view.current) {
+            f(kv?);
+        }
+        Ok(view.current)
     }
 
     /// Verifies the page store and MVCC's own invariants: version and revision tables mirror
