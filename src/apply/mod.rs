@@ -260,4 +260,6 @@ pub fn finish_compaction(mvcc: &Mvcc) -> crate::mvcc::Result<()> {
 }
 
 #[cfg(test)]
+mod lease_tests;
+#[cfg(test)]
 mod tests;

@@ -156,3 +156,21 @@ fn open_rebuilds_leases_and_attachments() {
     assert!(!lessor.is_primary());
     assert_eq!(lessor.time_to_live(-3, false).unwrap().granted_ttl_secs, 60);
 }
+
+#[test]
+fn a_new_term_refreshes_every_expiry() {
+    let (clock, lessor) = lessor();
+    lessor.promote(1, Duration::ZERO);
+    lessor.apply(vec![grant(1, 10)]);
+    clock.advance(Duration::from_secs(8));
+    // The same term again changes nothing.
+    lessor.promote(1, Duration::from_secs(1));
+    assert_eq!(lessor.time_to_live(1, false).unwrap().remaining_secs, 2);
+    // A new term (another leader renewed what this one never saw): TTL + extend from now.
+    lessor.promote(2, Duration::from_secs(1));
+    assert_eq!(lessor.time_to_live(1, false).unwrap().remaining_secs, 11);
+    clock.advance(Duration::from_secs(10));
+    assert!(lessor.take_expired(10, Duration::from_secs(3)).is_empty());
+    clock.advance(Duration::from_secs(1));
+    assert_eq!(lessor.take_expired(10, Duration::from_secs(3)), [1]);
+}
