@@ -114,11 +114,11 @@ use encoding::{
     META_COMPACT_JOB, META_CURRENT_REV, TABLE_REVISION, TABLE_VERSION,
 };
 pub use range::prefix_end;
+use range::KeyRange;
+pub use txn::{BatchTxn, MvccBatch, MvccTxn};
 
 /// The lowest first byte of a table MVCC does not own (see the key encoding).
 pub const FOREIGN_TABLE_MIN: u8 = encoding::TABLE_REVISION + 1;
-use range::KeyRange;
-pub use txn::{BatchTxn, MvccBatch, MvccTxn};
 
 /// Errors of the MVCC layer. The first two are expected answers; their messages are etcd's.
 #[derive(Debug, thiserror::Error)]
