@@ -1,11 +1,13 @@
 //! ringkv: an etcd-v3-compatible key-value server. Layers, lowest first: `wal` and `page_store`
-//! (disk), `mvcc` (etcd's revisioned key space on the page store), `apply` (etcd's requests
+//! (disk), `mvcc` (etcd's revisioned key space on the page store), `lease` (leases and their
+//! keys, in the same store), `apply` (etcd's requests
 //! executed on MVCC: the state machine), `api` (the gRPC services), `server` (wiring). A lower
 //! layer never imports an upper one.
 
 pub mod api;
 pub mod apply;
 pub mod config;
+pub mod lease;
 pub mod mvcc;
 pub mod page_store;
 pub mod raft;

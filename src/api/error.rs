@@ -73,7 +73,10 @@ impl ApiError {
             | ApiError::RequestTooLarge
             | ApiError::Apply(ApplyError::KeyNotFound) => Code::InvalidArgument,
             ApiError::Apply(ApplyError::LeaseNotFound) => Code::NotFound,
-            ApiError::Apply(ApplyError::Compacted | ApplyError::FutureRevision) => Code::OutOfRange,
+            ApiError::Apply(ApplyError::LeaseExists) => Code::FailedPrecondition,
+            ApiError::Apply(
+                ApplyError::Compacted | ApplyError::FutureRevision | ApplyError::LeaseTtlTooLarge,
+            ) => Code::OutOfRange,
             ApiError::Stopped | ApiError::NoLeader | ApiError::NotLeader | ApiError::Timeout => {
                 Code::Unavailable
             }
@@ -143,6 +146,16 @@ mod tests {
                 ApiError::BadLeaderTransferee,
                 Code::FailedPrecondition,
                 "etcdserver: bad leader transferee",
+            ),
+            (
+                ApiError::Apply(ApplyError::LeaseExists),
+                Code::FailedPrecondition,
+                "etcdserver: lease already exists",
+            ),
+            (
+                ApiError::Apply(ApplyError::LeaseTtlTooLarge),
+                Code::OutOfRange,
+                "etcdserver: too large lease TTL",
             ),
             (
                 ApiError::Apply(ApplyError::KeyNotFound),

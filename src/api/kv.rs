@@ -2,7 +2,6 @@
 
 use std::sync::Arc;
 
-use prost::Message;
 use ringkv_proto::etcdserverpb::kv_server::Kv;
 use ringkv_proto::etcdserverpb::{
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
@@ -10,7 +9,7 @@ use ringkv_proto::etcdserverpb::{
 };
 use tonic::{Request, Response, Status};
 
-use crate::apply::entry::{ApplyError, Outcome, OutcomeResult, Proposal, ProposalRequest};
+use crate::apply::entry::{OutcomeResult, ProposalRequest};
 use crate::apply::exec::{self, ExecError, ReadAt};
 
 use super::{validate, ApiError, Context};
@@ -26,24 +25,7 @@ impl KvService {
 
     /// Proposes `request` and waits for its outcome; refusals come back as errors.
     async fn propose(&self, request: ProposalRequest) -> Result<OutcomeResult, ApiError> {
-        let data = Proposal::new(request).encode_to_vec();
-        if data.len() as u64 > self.ctx.limits.max_request_bytes {
-            return Err(ApiError::RequestTooLarge);
-        }
-        let output = self.ctx.consensus.propose(data).await?;
-        let outcome = Outcome::decode(output.as_slice())
-            .map_err(|error| ApiError::Internal(format!("undecodable apply outcome: {error}")))?;
-        if outcome.result == Some(OutcomeResult::Error(ApplyError::NoSpace.code())) {
-            super::quota::raise_nospace(&self.ctx).await;
-        }
-        match outcome.result {
-            Some(OutcomeResult::Error(code)) => Err(ApplyError::from_code(code).map_or_else(
-                || ApiError::Internal(format!("apply error {code}")),
-                Into::into,
-            )),
-            Some(result) => Ok(result),
-            None => Err(ApiError::Internal("empty apply outcome".to_owned())),
-        }
+        self.ctx.propose(request).await
     }
 
     async fn linearize(&self, serializable: bool) -> Result<(), ApiError> {

@@ -5,6 +5,7 @@
 
 pub mod error;
 pub mod kv;
+pub mod lease;
 pub mod limit;
 pub mod maintenance;
 pub mod quota;
@@ -15,6 +16,8 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 use ringkv_proto::etcdserverpb::ResponseHeader;
 
+use crate::apply::entry::{ApplyError, Outcome, OutcomeResult, Proposal, ProposalRequest};
+use crate::lease::Lessor;
 use crate::mvcc::Mvcc;
 
 pub use error::ApiError;
@@ -74,6 +77,8 @@ pub struct Context {
     pub cluster_id: u64,
     pub member_id: u64,
     pub limits: Limits,
+    /// The applier's leases (read and renewed by the Lease service).
+    pub lessor: Arc<Lessor>,
 }
 
 impl Context {
@@ -83,6 +88,29 @@ impl Context {
         header.cluster_id = self.cluster_id;
         header.member_id = self.member_id;
         header.raft_term = self.consensus.status().term;
+    }
+
+    /// Proposes `request` and waits for its outcome; refusals come back as errors.
+    pub async fn propose(&self, request: ProposalRequest) -> Result<OutcomeResult, ApiError> {
+        use prost::Message;
+        let data = Proposal::new(request).encode_to_vec();
+        if data.len() as u64 > self.limits.max_request_bytes {
+            return Err(ApiError::RequestTooLarge);
+        }
+        let output = self.consensus.propose(data).await?;
+        let outcome = Outcome::decode(output.as_slice())
+            .map_err(|error| ApiError::Internal(format!("undecodable apply outcome: {error}")))?;
+        if outcome.result == Some(OutcomeResult::Error(ApplyError::NoSpace.code())) {
+            quota::raise_nospace(self).await;
+        }
+        match outcome.result {
+            Some(OutcomeResult::Error(code)) => Err(ApplyError::from_code(code).map_or_else(
+                || ApiError::Internal(format!("apply error {code}")),
+                Into::into,
+            )),
+            Some(result) => Ok(result),
+            None => Err(ApiError::Internal("empty apply outcome".to_owned())),
+        }
     }
 }
 

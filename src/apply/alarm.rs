@@ -206,6 +206,9 @@ mod tests {
 /// etcd's per-key overhead in its quota cost (`kvOverhead`).
 const KV_OVERHEAD_BYTES: u64 = 256;
 
+/// etcd's quota cost of a lease grant (`leaseOverhead`): grants are refused under NOSPACE too.
+const LEASE_OVERHEAD_BYTES: u64 = 64;
+
 /// etcd's quota cost of a put: `kvOverhead + len(key) + len(value)`.
 pub fn cost_put(put: &PutRequest) -> u64 {
     KV_OVERHEAD_BYTES + put.key.len() as u64 + put.value.len() as u64
@@ -229,6 +232,7 @@ pub fn cost(request: &ProposalRequest) -> u64 {
     match request {
         ProposalRequest::Put(put) => cost_put(put),
         ProposalRequest::Txn(txn) => cost_txn(txn),
+        ProposalRequest::LeaseGrant(_) => LEASE_OVERHEAD_BYTES,
         _ => 0,
     }
 }

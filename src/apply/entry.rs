@@ -8,25 +8,35 @@
 //! ```text
 //! Proposal { oneof request { PutRequest put = 1; DeleteRangeRequest delete_range = 2;
 //!                            TxnRequest txn = 3; CompactionRequest compaction = 4;
+//!                            LeaseGrantRequest lease_grant = 6;
+//!                            LeaseRevokeRequest lease_revoke = 7;
 //!                            AlarmRequest alarm = 10; } }
 //! Outcome  { oneof result  { PutResponse put = 1; DeleteRangeResponse delete_range = 2;
 //!                            TxnResponse txn = 3; CompactionResponse compaction = 4;
 //!                            int32 error = 5; /* ApplyError::code */
+//!                            LeaseGrantResponse lease_grant = 6;
+//!                            LeaseRevokeResponse lease_revoke = 7;
 //!                            AlarmResponse alarm = 10; } }
 //! ```
+//!
+//! Tags 8 and 9 are reserved for leases (checkpoints) in both messages. A `lease_grant` entry
+//! carries a non-zero id (the API picks one when the client asks for 0) and the TTL already
+//! raised to the minimum (`lease::LeaseConfig::ttl_min_secs`), so applying it needs no
+//! configuration.
 //!
 //! An entry with empty data (raft's own no-op after an election) or with no request set is
 //! applied as nothing and answered with an empty outcome.
 
 use ringkv_proto::etcdserverpb::{
     AlarmRequest, AlarmResponse, CompactionRequest, CompactionResponse, DeleteRangeRequest,
-    DeleteRangeResponse, PutRequest, PutResponse, TxnRequest, TxnResponse,
+    DeleteRangeResponse, LeaseGrantRequest, LeaseGrantResponse, LeaseRevokeRequest,
+    LeaseRevokeResponse, PutRequest, PutResponse, TxnRequest, TxnResponse,
 };
 
 /// A write request as it travels through raft.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Proposal {
-    #[prost(oneof = "ProposalRequest", tags = "1, 2, 3, 4, 10")]
+    #[prost(oneof = "ProposalRequest", tags = "1, 2, 3, 4, 6, 7, 10")]
     pub request: Option<ProposalRequest>,
 }
 
@@ -40,6 +50,10 @@ pub enum ProposalRequest {
     Txn(TxnRequest),
     #[prost(message, tag = "4")]
     Compaction(CompactionRequest),
+    #[prost(message, tag = "6")]
+    LeaseGrant(LeaseGrantRequest),
+    #[prost(message, tag = "7")]
+    LeaseRevoke(LeaseRevokeRequest),
     /// etcd's `Alarm` (GET, ACTIVATE, DEACTIVATE): alarms are replicated state.
     #[prost(message, tag = "10")]
     Alarm(AlarmRequest),
@@ -48,7 +62,7 @@ pub enum ProposalRequest {
 /// What applying one entry produced, returned to the proposer.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Outcome {
-    #[prost(oneof = "OutcomeResult", tags = "1, 2, 3, 4, 5, 10")]
+    #[prost(oneof = "OutcomeResult", tags = "1, 2, 3, 4, 5, 6, 7, 10")]
     pub result: Option<OutcomeResult>,
 }
 
@@ -65,6 +79,10 @@ pub enum OutcomeResult {
     /// An `ApplyError` code.
     #[prost(int32, tag = "5")]
     Error(i32),
+    #[prost(message, tag = "6")]
+    LeaseGrant(LeaseGrantResponse),
+    #[prost(message, tag = "7")]
+    LeaseRevoke(LeaseRevokeResponse),
     #[prost(message, tag = "10")]
     Alarm(AlarmResponse),
 }
@@ -75,13 +93,19 @@ pub enum ApplyError {
     /// `ignore_value`/`ignore_lease` on a key that does not exist.
     #[error("etcdserver: key not found")]
     KeyNotFound,
-    /// Any non-zero lease: ringkv has no leases yet, so every lease id is unknown.
+    /// A put naming a lease that does not exist; a revoke of one; a grant of id 0.
     #[error("etcdserver: requested lease not found")]
     LeaseNotFound,
     #[error("etcdserver: mvcc: required revision has been compacted")]
     Compacted,
     #[error("etcdserver: mvcc: required revision is a future revision")]
     FutureRevision,
+    /// A grant of an id that is already a lease.
+    #[error("etcdserver: lease already exists")]
+    LeaseExists,
+    /// A grant above `lease::TTL_MAX_SECS`.
+    #[error("etcdserver: too large lease TTL")]
+    LeaseTtlTooLarge,
     /// The NOSPACE alarm is raised, or this write took the store past its quota (the write is
     /// then applied all the same, as etcd's `quotaApplierV3` does, so members stay identical).
     #[error("etcdserver: mvcc: database space exceeded")]
@@ -89,11 +113,13 @@ pub enum ApplyError {
 }
 
 impl ApplyError {
-    const ALL: [ApplyError; 5] = [
+    const ALL: [ApplyError; 7] = [
         ApplyError::KeyNotFound,
         ApplyError::LeaseNotFound,
         ApplyError::Compacted,
         ApplyError::FutureRevision,
+        ApplyError::LeaseExists,
+        ApplyError::LeaseTtlTooLarge,
         ApplyError::NoSpace,
     ];
 
@@ -104,6 +130,10 @@ impl ApplyError {
             ApplyError::LeaseNotFound => 2,
             ApplyError::Compacted => 3,
             ApplyError::FutureRevision => 4,
+            // 10-19: leases.
+            ApplyError::LeaseExists => 10,
+            ApplyError::LeaseTtlTooLarge => 11,
+            // 20-29: alarms and quota.
             ApplyError::NoSpace => 20,
         }
     }

@@ -7,6 +7,10 @@
 //! txn taken, in pre-order (this txn, then the nested txns of the branch taken, depth first).
 //! Then the ops of that path are checked (a put needing a previous kv, a lease, a range revision)
 //! against the same state, and only then applied: a refused txn writes nothing.
+//!
+//! Leases: a put names a lease that must exist in the lessor; every put, overwrite and delete
+//! records how it changes the keys' attachments (`WriteAt::leases`), applied to the lessor only
+//! if the entry is kept.
 
 use ringkv_proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
 use ringkv_proto::etcdserverpb::{
@@ -22,6 +26,7 @@ use crate::mvcc::{
 };
 
 use super::entry::ApplyError;
+use crate::lease::{LeaseEffect, Lessor};
 
 /// Why a request produced no response: an expected refusal, or a storage failure that is not an
 /// answer at all.
@@ -54,6 +59,8 @@ pub trait KvRead {
     fn rev(&self) -> i64;
     /// The compacted revision: reads below it fail.
     fn first_rev(&self) -> i64;
+    /// Whether lease `id` exists (a put naming it may run).
+    fn has_lease(&self, id: i64) -> bool;
 }
 
 /// A read-only view of the committed store at one revision (plain ranges, read-only txns).
@@ -99,21 +106,57 @@ impl KvRead for ReadAt<'_> {
     fn first_rev(&self) -> i64 {
         self.compacted
     }
+
+    /// A read view checks no puts (read-only txns hold only ranges), so it knows no leases.
+    fn has_lease(&self, _id: i64) -> bool {
+        false
+    }
 }
 
 /// One write transaction of the applier's batch, with the compacted revision it runs above
-/// (stable: the batch holds MVCC's writer lock).
+/// (stable: the batch holds MVCC's writer lock), the lessor its puts check, and the lease
+/// changes it made so far.
 pub struct WriteAt<'b, 'a> {
     pub txn: BatchTxn<'b, 'a>,
     compacted: i64,
+    pub lessor: &'b Lessor,
+    /// In the order made; for `Lessor::apply` once the entry is kept.
+    pub leases: Vec<LeaseEffect>,
 }
 
 impl<'b, 'a> WriteAt<'b, 'a> {
-    pub fn begin(batch: &'b mut MvccBatch<'a>) -> WriteAt<'b, 'a> {
+    pub fn begin(batch: &'b mut MvccBatch<'a>, lessor: &'b Lessor) -> WriteAt<'b, 'a> {
         let compacted = batch.compacted_revision();
         WriteAt {
             txn: batch.txn(),
             compacted,
+            lessor,
+            leases: Vec::new(),
+        }
+    }
+
+    /// Keeps the transaction's changes (`BatchTxn::end`); returns its lease effects.
+    pub fn end(self) -> Vec<LeaseEffect> {
+        self.txn.end();
+        self.leases
+    }
+
+    /// Records that `key` moved from lease `old` to lease `new` (0: none).
+    fn note_lease(&mut self, key: &[u8], old: i64, new: i64) {
+        if old == new {
+            return;
+        }
+        if old != 0 {
+            self.leases.push(LeaseEffect::Detach {
+                id: old,
+                key: key.to_vec(),
+            });
+        }
+        if new != 0 {
+            self.leases.push(LeaseEffect::Attach {
+                id: new,
+                key: key.to_vec(),
+            });
         }
     }
 }
@@ -135,11 +178,15 @@ impl KvRead for WriteAt<'_, '_> {
     fn first_rev(&self) -> i64 {
         self.compacted
     }
+
+    fn has_lease(&self, id: i64) -> bool {
+        self.lessor.contains(id)
+    }
 }
 
 /// A response header as the applier fills it: the revision only (the API layer adds the ids
 /// and term to the outermost one).
-fn header(revision: i64) -> ResponseHeader {
+pub(super) fn header(revision: i64) -> ResponseHeader {
     ResponseHeader {
         revision,
         ..ResponseHeader::default()
@@ -204,7 +251,7 @@ fn get(view: &impl KvRead, key: &[u8]) -> ExecResult<Option<KeyValue>> {
 
 /// A put outside a txn: etcd looks the lease up first.
 pub fn put(w: &mut WriteAt<'_, '_>, req: &PutRequest) -> ExecResult<PutResponse> {
-    if req.lease != 0 {
+    if req.lease != 0 && !w.has_lease(req.lease) {
         return Err(ApplyError::LeaseNotFound.into());
     }
     put_checked(w, req)
@@ -225,6 +272,7 @@ fn put_checked(w: &mut WriteAt<'_, '_>, req: &PutRequest) -> ExecResult<PutRespo
         }
     }
     let prev = w.txn.put(&req.key, value, lease)?;
+    w.note_lease(&req.key, prev.as_ref().map_or(0, |p| p.lease), lease);
     Ok(PutResponse {
         header: Some(header(w.txn.revision())),
         prev_kv: if req.prev_kv { prev.map(to_pb) } else { None },
@@ -236,6 +284,9 @@ pub fn delete_range(
     req: &DeleteRangeRequest,
 ) -> ExecResult<DeleteRangeResponse> {
     let deleted = w.txn.delete_range(&req.key, &req.range_end)?;
+    for kv in &deleted {
+        w.note_lease(&kv.key, kv.lease, 0);
+    }
     Ok(DeleteRangeResponse {
         header: Some(header(w.txn.revision())),
         deleted: deleted.len() as i64,
@@ -432,7 +483,7 @@ fn check_put(view: &impl KvRead, req: &PutRequest) -> ExecResult<()> {
     if (req.ignore_value || req.ignore_lease) && get(view, &req.key)?.is_none() {
         return Err(ApplyError::KeyNotFound.into());
     }
-    if req.lease != 0 {
+    if req.lease != 0 && !view.has_lease(req.lease) {
         return Err(ApplyError::LeaseNotFound.into());
     }
     Ok(())

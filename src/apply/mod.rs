@@ -14,15 +14,23 @@
 //! A compaction entry ends the batch before it: compaction takes MVCC's writer lock and commits
 //! its logical step with its own index, and its revision checks must see every earlier entry.
 //!
+//! Lease grants and revokes are entries too (`lease`): their changes to the lease table are
+//! written in the batch's commit, and the in-memory lessor is updated as each kept entry ends,
+//! so the next entry of the batch sees them (see `crate::lease`).
+//!
 //! A storage failure while applying is fatal: the applied state would no longer follow the log.
 
 pub mod alarm;
 pub mod entry;
 pub mod exec;
+pub mod lease;
 
 use prost::Message;
 use ringkv_proto::etcdserverpb::{CompactionRequest, CompactionResponse, ResponseHeader};
 
+use std::sync::Arc;
+
+use crate::lease::{self as lessor, Lessor, MonotonicClock};
 use crate::mvcc::{Mvcc, MvccBatch};
 
 use entry::{Outcome, OutcomeResult, Proposal, ProposalRequest};
@@ -34,11 +42,22 @@ pub struct Applier {
     applied_index: u64,
     compactor: Compactor,
     guard: alarm::Guard,
+    lessor: Arc<Lessor>,
 }
 
 impl Applier {
-    /// Starts from the consistent index the store recorded.
+    /// Starts from the consistent index the store recorded, with the leases the store holds
+    /// (on the monotonic clock). A store whose leases cannot be read is fatal.
     pub fn new(mvcc: Mvcc) -> Applier {
+        let lessor = Lessor::open(&mvcc, Arc::new(MonotonicClock)).unwrap_or_else(|error| {
+            eprintln!("ringkv: fatal: cannot load the leases: {error}");
+            std::process::abort();
+        });
+        Applier::with_lessor(mvcc, Arc::new(lessor))
+    }
+
+    /// As `new`, with a lessor already opened (`Lessor::open`) on this store.
+    pub fn with_lessor(mvcc: Mvcc, lessor: Arc<Lessor>) -> Applier {
         let applied_index = mvcc.page_store().consistent_index();
         let compactor = Compactor::spawn(mvcc.clone());
         let guard = alarm::Guard::load(&mvcc);
@@ -47,12 +66,18 @@ impl Applier {
             applied_index,
             compactor,
             guard,
+            lessor,
         }
     }
 
     /// This member's `--quota-backend-bytes` (none until set).
     pub fn set_quota_backend_bytes(&mut self, bytes: u64) {
         self.guard.set_quota_bytes(bytes);
+    }
+
+    /// The leases this applier maintains; the API reads and renews them.
+    pub fn lessor(&self) -> &Arc<Lessor> {
+        &self.lessor
     }
 
     /// The last applied entry; durable (it is the page store's consistent index).
@@ -107,7 +132,12 @@ impl Applier {
                     }
                 }
                 request => self.guard.gate(&mvcc, request, |request| {
-                    execute(batch.get_or_insert_with(|| mvcc.batch()), index, request)
+                    execute(
+                        batch.get_or_insert_with(|| mvcc.batch()),
+                        &self.lessor,
+                        index,
+                        request,
+                    )
                 }),
             };
             last = index;
@@ -160,24 +190,40 @@ impl Applier {
 }
 
 /// Runs one entry's request as the next write transaction of `batch`. A refused request's
-/// writes are rolled back, so it takes no revision and changes nothing.
-fn execute(batch: &mut MvccBatch<'_>, index: u64, request: Option<ProposalRequest>) -> Outcome {
+/// writes are rolled back, so it takes no revision and changes nothing; a kept one's lease
+/// effects go into the batch's lease table and then the lessor.
+fn execute(
+    batch: &mut MvccBatch<'_>,
+    lessor: &Lessor,
+    index: u64,
+    request: Option<ProposalRequest>,
+) -> Outcome {
     let Some(request) = request else {
         return Outcome::default();
     };
-    let mut w = WriteAt::begin(batch);
+    let mut w = WriteAt::begin(batch, lessor);
     let result = match request {
         ProposalRequest::Put(put) => exec::put(&mut w, &put).map(OutcomeResult::Put),
         ProposalRequest::DeleteRange(del) => {
             exec::delete_range(&mut w, &del).map(OutcomeResult::DeleteRange)
         }
         ProposalRequest::Txn(txn) => exec::txn(&mut w, &txn).map(OutcomeResult::Txn),
+        ProposalRequest::LeaseGrant(req) => {
+            lease::grant(&mut w, &req).map(OutcomeResult::LeaseGrant)
+        }
+        ProposalRequest::LeaseRevoke(req) => {
+            lease::revoke(&mut w, &req).map(OutcomeResult::LeaseRevoke)
+        }
         ProposalRequest::Compaction(_) => unreachable!("a compaction ends the batch"),
         ProposalRequest::Alarm(_) => unreachable!("alarms are applied by the guard"),
     };
     match result {
         Ok(result) => {
-            w.txn.end();
+            let effects = w.end();
+            if let Err(error) = lessor::persist(&effects, batch) {
+                fatal(index, &error);
+            }
+            lessor.apply(effects);
             Outcome::from_result(Ok(result))
         }
         Err(ExecError::Refused(error)) => {
@@ -232,5 +278,7 @@ pub fn finish_compaction(mvcc: &Mvcc) -> crate::mvcc::Result<()> {
     Ok(())
 }
 
+#[cfg(test)]
+mod lease_tests;
 #[cfg(test)]
 mod tests;

@@ -12,8 +12,8 @@
 //! starts a new incarnation: `version = 1`, `create_revision = ` its own revision.
 //!
 //! # Key encoding
-//! Three tables share the page store's keyspace, told apart by the first byte. Integers are
-//! 8-byte big-endian; revisions are never negative, so byte order is numeric order.
+//! MVCC's three tables share the page store's keyspace, told apart by the first byte. Integers
+//! are 8-byte big-endian; revisions are never negative, so byte order is numeric order.
 //!
 //! ```text
 //! meta      0x01 ‖ name                                   -> value
@@ -21,12 +21,19 @@
 //!             "compacted_rev"  -> i64    reads below it fail with `Compacted`
 //!             "compact_job"    -> from i64 ‖ target i64 ‖ next main i64 ‖ next sub i64
 //!                                          (present only while a physical compaction is due)
-//! aux       0x05 ‖ name                                   -> value   (replicated state of the
-//!             layers above that is not keys, e.g. alarms; written in a batch's commit)
 //! version   0x02 ‖ esc(key) ‖ 0x00 0x00 ‖ main ‖ sub      -> record
 //!             record = 0x00 ‖ create_revision ‖ version ‖ lease ‖ value bytes   (a put)
 //!                    | 0x01                                                     (a tombstone)
 //! revision  0x03 ‖ main ‖ sub                             -> key (raw bytes)
+//! ```
+//!
+//! First bytes from `FOREIGN_TABLE_MIN` (0x04) up belong to layers above MVCC, written in the
+//! same page-store commits as the revisions they go with (`MvccBatch::put_foreign`):
+//!
+//! ```text
+//! lease     0x04 ‖ id                                     -> granted TTL   (`src/lease/`)
+//! aux       0x05 ‖ name                                   -> value   (small replicated state
+//!             that is not keys, e.g. "alarms"; `MvccBatch::put_aux`, `Mvcc::aux`)
 //! ```
 //!
 //! `esc` writes each `0x00` byte of the key as `0x00 0xFF` and leaves other bytes alone, so the
@@ -117,6 +124,9 @@ pub use export::{ExportView, ExportedVersion, Importer};
 pub use range::prefix_end;
 use range::KeyRange;
 pub use txn::{BatchTxn, MvccBatch, MvccTxn};
+
+/// The lowest first byte of a table MVCC does not own (see the key encoding).
+pub const FOREIGN_TABLE_MIN: u8 = encoding::TABLE_REVISION + 1;
 
 /// Errors of the MVCC layer. The first two are expected answers; their messages are etcd's.
 #[derive(Debug, thiserror::Error)]
@@ -400,6 +410,18 @@ impl Mvcc {
             events.push(event);
         }
         Ok(events)
+    }
+
+    /// Calls `f` on every kv alive at the current revision, ascending by key, and returns that
+    /// revision. One pass over each live key's newest version (seeks skip older ones): what the
+    /// lessor costs at open to rebuild which keys each lease holds.
+    pub fn for_each_alive(&self, mut f: impl FnMut(KeyValue)) -> Result<i64> {
+        let view = self.read_view();
+        let range = KeyRange::new(b"", b"\x00");
+        for kv in view::AliveKeys::new(&view.snap, &range, view.current) {
+            f(kv?);
+        }
+        Ok(view.current)
     }
 
     /// Verifies the page store and MVCC's own invariants: version and revision tables mirror

@@ -130,6 +130,27 @@ impl<'a> MvccBatch<'a> {
         Ok(rev)
     }
 
+    /// Writes `key -> value` in a table MVCC does not own (first byte at least
+    /// `FOREIGN_TABLE_MIN`) as part of the batch's commit. A scope's rollback does not undo it:
+    /// write only what the entry keeps, outside any open scope.
+    pub fn put_foreign(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
+        assert!(
+            key.first().is_some_and(|&t| t >= super::FOREIGN_TABLE_MIN),
+            "{key:x?} is in a table MVCC owns"
+        );
+        Ok(self.txn.put(key, value)?)
+    }
+
+    /// Deletes `key` from a table MVCC does not own (see `put_foreign`); returns whether it
+    /// existed.
+    pub fn delete_foreign(&mut self, key: &[u8]) -> Result<bool> {
+        assert!(
+            key.first().is_some_and(|&t| t >= super::FOREIGN_TABLE_MIN),
+            "{key:x?} is in a table MVCC owns"
+        );
+        Ok(self.txn.delete(key)?)
+    }
+
     /// The newest state of `key` the batch wrote at or below `rev`; `None` if it wrote none
     /// there (the committed store answers).
     fn written_at(&self, key: &[u8], rev: i64) -> Option<&Option<KeyValue>> {

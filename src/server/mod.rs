@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use ringkv_proto::etcdserverpb::kv_server::KvServer;
+use ringkv_proto::etcdserverpb::lease_server::LeaseServer;
 use ringkv_proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -25,6 +26,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use crate::api::{self, Context, Limits};
 use crate::apply::Applier;
 use crate::config::{Config, CorePlacement, Scheme, Url};
+use crate::lease::{LeaseConfig, LeaseError, Lessor, MonotonicClock};
 use crate::mvcc::{Mvcc, MvccError};
 use crate::page_store::{PageStore, PageStoreConfig, PageStoreError};
 use crate::raft::{self, RaftConfig, RaftError};
@@ -48,6 +50,8 @@ pub enum ServerError {
     PageStore(#[from] PageStoreError),
     #[error("cannot open MVCC: {0}")]
     Mvcc(#[from] MvccError),
+    #[error("cannot load the leases: {0}")]
+    Lease(#[from] LeaseError),
     #[error("cannot start raft: {0}")]
     Raft(#[from] RaftError),
     #[error("runtime: {0}")]
@@ -103,7 +107,9 @@ pub fn run(config: &Config) -> Result<(), ServerError> {
         mvcc.compacted_revision(),
         mvcc.page_store().consistent_index()
     );
-    let mut applier = Applier::new(mvcc.clone());
+    let lessor = Arc::new(Lessor::open(&mvcc, Arc::new(MonotonicClock))?);
+    eprintln!("ringkv: info: loaded {} leases", lessor.len());
+    let mut applier = Applier::with_lessor(mvcc.clone(), lessor.clone());
     applier.set_quota_backend_bytes(config.quota_backend_bytes);
     // Returns once the WAL is replayed into MVCC and this member leads.
     let handle = raft::start(
@@ -121,6 +127,7 @@ pub fn run(config: &Config) -> Result<(), ServerError> {
             max_txn_ops: config.max_txn_ops,
             quota_backend_bytes: config.quota_backend_bytes,
         },
+        lessor,
     });
 
     let grpc_core = config.tuning.placement.grpc;
@@ -135,7 +142,10 @@ pub fn run(config: &Config) -> Result<(), ServerError> {
         .enable_all()
         .build()
         .map_err(ServerError::Runtime)?;
-    let served = runtime.block_on(serve(config, ctx, ids));
+    let lease_config = LeaseConfig::for_raft(config.heartbeat_interval, config.election_timeout);
+    // Dropped with the runtime; a revoke it has in flight then fails with "stopped".
+    runtime.spawn(api::lease::run_expiry(ctx.clone(), lease_config.clone()));
+    let served = runtime.block_on(serve(config, ctx, ids, &lease_config));
     // Everything acknowledged is already durable; this stops the loop and the WAL writer.
     log.handle.shutdown();
     served?;
@@ -175,7 +185,12 @@ fn page_store_config(config: &Config) -> PageStoreConfig {
     }
 }
 
-async fn serve(config: &Config, ctx: Arc<Context>, ids: ids::Ids) -> Result<(), ServerError> {
+async fn serve(
+    config: &Config,
+    ctx: Arc<Context>,
+    ids: ids::Ids,
+    lease_config: &LeaseConfig,
+) -> Result<(), ServerError> {
     let mut listeners = Vec::new();
     for url in &config.listen_client_urls {
         for addr in resolve(url).await? {
@@ -198,12 +213,18 @@ async fn serve(config: &Config, ctx: Arc<Context>, ids: ids::Ids) -> Result<(), 
         let maintenance =
             MaintenanceServer::new(api::maintenance::MaintenanceService::new(ctx.clone()))
                 .max_decoding_message_size(max_decoding);
+        let lease = LeaseServer::new(api::lease::LeaseService::new(
+            ctx.clone(),
+            lease_config.clone(),
+        ))
+        .max_decoding_message_size(max_decoding);
         let mut stop = stop_rx.clone();
         let local = listener.local_addr().ok();
         servers.spawn(async move {
             let result = tonic::transport::Server::builder()
                 .add_service(api::limit::GrpcGoLimitStatus(kv))
                 .add_service(api::limit::GrpcGoLimitStatus(maintenance))
+                .add_service(api::limit::GrpcGoLimitStatus(lease))
                 .serve_with_incoming_shutdown(no_delay(listener), async move {
                     let _ = stop.wait_for(|stop| *stop).await;
                 })
