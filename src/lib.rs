@@ -1,11 +1,13 @@
 //! ringkv: an etcd-v3-compatible key-value server. Layers, lowest first: `wal` and `page_store`
 //! (disk), `mvcc` (etcd's revisioned key space on the page store), `apply` (etcd's requests
 //! executed on MVCC: the state machine), `api` (the gRPC services), `server` (wiring). A lower
-//! layer never imports an upper one.
+//! layer never imports an upper one; `metrics` (process-wide instruments) imports none and is
+//! used by all.
 
 pub mod api;
 pub mod apply;
 pub mod config;
+pub mod metrics;
 pub mod mvcc;
 pub mod page_store;
 pub mod raft;
