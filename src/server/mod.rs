@@ -1,6 +1,7 @@
 //! Wiring: opens the page store and MVCC in the data dir, starts the log with the applier as
 //! its state machine, serves etcd's gRPC services with tonic on every `--listen-client-urls`
-//! URL, and shuts down cleanly on SIGTERM or SIGINT.
+//! URL (with etcd's HTTP endpoints, `/health`, `/version`, `/metrics`, on the same listeners),
+//! and shuts down cleanly on SIGTERM or SIGINT.
 //!
 //! Data dir layout (etcd's `member/` directory):
 //! ```text
@@ -16,6 +17,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use ringkv_proto::etcdserverpb::cluster_server::ClusterServer;
 use ringkv_proto::etcdserverpb::kv_server::KvServer;
 use ringkv_proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use tokio::net::TcpListener;
@@ -132,12 +134,32 @@ pub fn run(config: &Config) -> Result<(), ServerError> {
         .enable_all()
         .build()
         .map_err(ServerError::Runtime)?;
-    let served = runtime.block_on(serve(config, ctx, ids));
+    let member = local_member(config, ids);
+    let served = runtime.block_on(serve(config, ctx, ids, member));
     // Everything acknowledged is already durable; this stops the loop and the WAL writer.
     log.handle.shutdown();
     served?;
     eprintln!("ringkv: info: stopped");
     Ok(())
+}
+
+/// This member as `member list` shows it: the peer URLs it was bootstrapped with.
+fn local_member(config: &Config, ids: ids::Ids) -> api::cluster::LocalMember {
+    let urls = |urls: &[Url]| urls.iter().map(ToString::to_string).collect();
+    let peer_urls = config
+        .initial_cluster
+        .members
+        .get(&config.name)
+        .map_or_else(
+            || urls(&config.initial_advertise_peer_urls),
+            |own| urls(own),
+        );
+    api::cluster::LocalMember {
+        id: ids.member_id,
+        name: config.name.clone(),
+        peer_urls,
+        client_urls: urls(&config.advertise_client_urls),
+    }
 }
 
 /// etcd's flags and the tuning profile in the raft engine's terms.
@@ -172,7 +194,12 @@ fn page_store_config(config: &Config) -> PageStoreConfig {
     }
 }
 
-async fn serve(config: &Config, ctx: Arc<Context>, ids: ids::Ids) -> Result<(), ServerError> {
+async fn serve(
+    config: &Config,
+    ctx: Arc<Context>,
+    ids: ids::Ids,
+    member: api::cluster::LocalMember,
+) -> Result<(), ServerError> {
     let mut listeners = Vec::new();
     for url in &config.listen_client_urls {
         for addr in resolve(url).await? {
@@ -187,6 +214,14 @@ async fn serve(config: &Config, ctx: Arc<Context>, ids: ids::Ids) -> Result<(), 
     }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let max_decoding = api::max_decoding_message_bytes(config.max_request_bytes);
+    let http = api::http::HttpEndpoints::new(
+        ctx.clone(),
+        api::http::HttpConfig {
+            quota_backend_bytes: config.quota_backend_bytes,
+            // etcd's request timeout (`ReqTimeout`).
+            health_timeout: std::time::Duration::from_secs(5) + 2 * config.election_timeout,
+        },
+    );
     let mut servers = tokio::task::JoinSet::new();
     for (url, listener) in listeners {
         let kv = KvServer::new(api::kv::KvService::new(ctx.clone()))
@@ -195,12 +230,25 @@ async fn serve(config: &Config, ctx: Arc<Context>, ids: ids::Ids) -> Result<(), 
         let maintenance =
             MaintenanceServer::new(api::maintenance::MaintenanceService::new(ctx.clone()))
                 .max_decoding_message_size(max_decoding);
+        let cluster = ClusterServer::new(api::cluster::ClusterService::new(
+            ctx.clone(),
+            member.clone(),
+        ))
+        .max_decoding_message_size(max_decoding);
+        let mut routes = tonic::service::Routes::builder();
+        routes
+            .add_service(api::limit::GrpcGoLimitStatus(kv))
+            .add_service(api::limit::GrpcGoLimitStatus(maintenance))
+            .add_service(api::limit::GrpcGoLimitStatus(cluster));
+        // Paths no gRPC service claims go to the HTTP endpoints; HTTP/1.1 is accepted for them.
+        let routes = api::http::with_fallback(routes.routes(), http.clone());
         let mut stop = stop_rx.clone();
         let local = listener.local_addr().ok();
         servers.spawn(async move {
             let result = tonic::transport::Server::builder()
-                .add_service(api::limit::GrpcGoLimitStatus(kv))
-                .add_service(api::limit::GrpcGoLimitStatus(maintenance))
+                .accept_http1(true)
+                .layer(api::traffic::CountGrpcBytesLayer)
+                .add_routes(routes)
                 .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
                     let _ = stop.wait_for(|stop| *stop).await;
                 })
