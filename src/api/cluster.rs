@@ -7,13 +7,13 @@
 //!
 //! | request | answer |
 //! |---|---|
-//! | add, a peer URL that does not parse | InvalidArgument "etcdserver: given member URLs are invalid" |
+//! | add, a peer URL that does not parse (etcd's `types.NewURLs`) | InvalidArgument "etcdserver: given member URLs are invalid" |
 //! | add, a peer URL this member has | FailedPrecondition "etcdserver: Peer URLs already exists" |
 //! | add, otherwise (voter or learner) | Unimplemented, ringkv's [`ApiError::MembershipUnsupported`] |
 //! | remove / update / promote, an unknown id | NotFound "etcdserver: member not found" |
 //! | remove this member | FailedPrecondition "etcdserver: re-configuration failed due to not enough started members" (etcd's strict reconfig check: the cluster would have no started member) |
 //! | update this member, same peer URLs | success, as etcd (a no-op change) |
-//! | update this member, other peer URLs | Unimplemented: the change would have to be replicated and persisted as a raft conf change |
+//! | update this member, other peer URLs (etcd does not check them) | Unimplemented: the change would have to be replicated and persisted as a raft conf change |
 //! | promote this member | FailedPrecondition "etcdserver: can only promote a learner member" |
 //!
 //! etcd answers "etcdserver: ID removed" only for ids it has removed; ringkv removes none.
@@ -137,8 +137,10 @@ impl Cluster for ClusterService {
         request: Request<MemberUpdateRequest>,
     ) -> Result<Response<MemberUpdateResponse>, Status> {
         let req = request.into_inner();
-        let urls = Self::parse_peer_urls(&req.peer_ur_ls)?;
+        // etcd does not check the URLs of an update (its MemberUpdate stores what it is given).
         self.check_known(req.id)?;
+        let mut urls = req.peer_ur_ls;
+        urls.sort();
         if urls != self.own_peer_urls_sorted() {
             return Err(ApiError::MembershipUnsupported("changing a member's peer URLs").into());
         }

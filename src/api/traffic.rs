@@ -1,7 +1,7 @@
-//! Counts the bytes of gRPC request and response bodies (`etcd_network_client_grpc_received_bytes_total`
-//! and `..._sent_bytes_total`), as a tower layer around the whole gRPC router. The figures are
-//! body bytes: gRPC's 5-byte message prefixes included, HTTP/2 framing and headers not (etcd
-//! counts the same messages through grpc-go's stats handler).
+//! Counts the bytes of gRPC messages received and sent (`etcd_network_client_grpc_received_bytes_total`
+//! and `..._sent_bytes_total`), as a tower layer around the whole gRPC router. As in etcd, a
+//! message counts its protobuf encoding only: not gRPC's 5-byte length prefix, not HTTP/2
+//! framing or headers. The prefixes are recognised in the body stream by [`MessageBytes`].
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -64,15 +64,64 @@ fn count_response(response: http::Response<Body>) -> http::Response<Body> {
     response.map(|body| Body::new(Counted::new(body, &METRICS.grpc_sent_bytes)))
 }
 
-/// A body that adds the length of every data frame it passes to `counter`.
+/// A body that adds the message bytes of every data frame it passes to `counter`.
 struct Counted {
     inner: Body,
     counter: &'static Counter,
+    messages: MessageBytes,
 }
 
 impl Counted {
     fn new(inner: Body, counter: &'static Counter) -> Counted {
-        Counted { inner, counter }
+        Counted {
+            inner,
+            counter,
+            messages: MessageBytes::default(),
+        }
+    }
+}
+
+/// gRPC's length-prefixed message framing (a compressed-flag byte, a 4-byte big-endian length,
+/// the message), followed across body chunks that may split it anywhere.
+#[derive(Debug, Default)]
+struct MessageBytes {
+    /// Prefix bytes seen of the current message, 0..5; 5 while in its payload.
+    prefix_seen: usize,
+    /// The length field, accumulated big-endian while `prefix_seen` < 5.
+    length: u32,
+    /// Payload bytes of the current message not yet seen.
+    payload_left: u32,
+}
+
+impl MessageBytes {
+    const PREFIX_BYTES: usize = 5;
+
+    /// Consumes one chunk; returns how many of its bytes are message payload.
+    fn payload_in(&mut self, mut chunk: &[u8]) -> u64 {
+        let mut payload = 0;
+        while !chunk.is_empty() {
+            if self.prefix_seen < Self::PREFIX_BYTES {
+                // Byte 0 is the compressed flag; bytes 1..5 the length.
+                if self.prefix_seen > 0 {
+                    self.length = (self.length << 8) | u32::from(chunk[0]);
+                }
+                self.prefix_seen += 1;
+                chunk = &chunk[1..];
+                if self.prefix_seen == Self::PREFIX_BYTES {
+                    self.payload_left = self.length;
+                    self.length = 0;
+                }
+            } else {
+                let take = chunk.len().min(self.payload_left as usize);
+                payload += take as u64;
+                self.payload_left -= take as u32;
+                chunk = &chunk[take..];
+            }
+            if self.prefix_seen == Self::PREFIX_BYTES && self.payload_left == 0 {
+                self.prefix_seen = 0;
+            }
+        }
+        payload
     }
 }
 
@@ -87,7 +136,8 @@ impl http_body::Body for Counted {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         if let Poll::Ready(Some(Ok(frame))) = &polled {
             if let Some(data) = frame.data_ref() {
-                self.counter.add(data.len() as u64);
+                let payload = self.messages.payload_in(data);
+                self.counter.add(payload);
             }
         }
         polled
@@ -99,5 +149,34 @@ impl http_body::Body for Counted {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn framed(messages: &[&[u8]]) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        for message in messages {
+            bytes.push(0);
+            bytes.extend_from_slice(&(message.len() as u32).to_be_bytes());
+            bytes.extend_from_slice(message);
+        }
+        bytes
+    }
+
+    #[test]
+    fn counts_payload_across_any_chunking() {
+        let stream = framed(&[b"", b"abc", &[7u8; 300], b"z"]);
+        for chunk_bytes in [1, 2, 3, 5, 7, 64, stream.len()] {
+            let mut counter = MessageBytes::default();
+            let total: u64 = stream
+                .chunks(chunk_bytes)
+                .map(|chunk| counter.payload_in(chunk))
+                .sum();
+            assert_eq!(total, 304, "chunks of {chunk_bytes}");
+            assert_eq!(counter.prefix_seen, 0, "ends between messages");
+        }
     }
 }
