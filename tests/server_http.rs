@@ -5,9 +5,13 @@
 //! where etcd 3.4 differs from the 3.5 that ringkv claims to be, or where etcd carries out a
 //! change ringkv refuses, the test says so and checks only the common part there).
 
+// Metric samples compared here are whole numbers, exactly representable: exact is intended.
+#![allow(clippy::float_cmp)]
+
 mod server_support;
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
@@ -249,7 +253,7 @@ fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)]) -> Answer
     let mut request =
         format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n");
     for (name, value) in headers {
-        request.push_str(&format!("{name}: {value}\r\n"));
+        write!(request, "{name}: {value}\r\n").unwrap();
     }
     request.push_str("\r\n");
     stream.write_all(request.as_bytes()).unwrap();

@@ -82,15 +82,14 @@ impl ApiError {
             | ApiError::DuplicateKey
             | ApiError::InvalidSortOption
             | ApiError::RequestTooLarge
-            | ApiError::Apply(ApplyError::KeyNotFound) => Code::InvalidArgument,
-            ApiError::Apply(ApplyError::LeaseNotFound) => Code::NotFound,
+            | ApiError::Apply(ApplyError::KeyNotFound)
+            | ApiError::MemberBadUrls => Code::InvalidArgument,
+            ApiError::Apply(ApplyError::LeaseNotFound) | ApiError::MemberNotFound => Code::NotFound,
             ApiError::Apply(ApplyError::Compacted | ApplyError::FutureRevision) => Code::OutOfRange,
             ApiError::Stopped | ApiError::NoLeader | ApiError::NotLeader | ApiError::Timeout => {
                 Code::Unavailable
             }
             ApiError::TooManyRequests => Code::ResourceExhausted,
-            ApiError::MemberBadUrls => Code::InvalidArgument,
-            ApiError::MemberNotFound => Code::NotFound,
             ApiError::MemberNotEnoughStarted
             | ApiError::MemberNotLearner
             | ApiError::PeerUrlExists => Code::FailedPrecondition,
