@@ -266,7 +266,22 @@ async fn serve(
     eprintln!("ringkv: info: received {signal}, shutting down");
     let _ = stop_tx.send(true);
     let mut first_error = None;
-    while let Some(joined) = servers.join_next().await {
+    // Graceful shutdown waits for every connection to finish; a client that never does (a
+    // half-sent HTTP/1.1 request, an HTTP/2 peer ignoring GOAWAY) must not keep the server up.
+    // Everything acknowledged is durable, so cutting connections after the drain limit is safe.
+    let drain_deadline = tokio::time::Instant::now() + SHUTDOWN_DRAIN;
+    loop {
+        let joined = match tokio::time::timeout_at(drain_deadline, servers.join_next()).await {
+            Ok(Some(joined)) => joined,
+            Ok(None) => break,
+            Err(_) => {
+                eprintln!(
+                    "ringkv: warning: client connections still open after {SHUTDOWN_DRAIN:?}; closing them"
+                );
+                servers.abort_all();
+                break;
+            }
+        };
         match joined {
             Ok((_, _, Ok(()))) => {}
             Ok((url, local, Err(error))) => {
@@ -278,6 +293,9 @@ async fn serve(
     }
     first_error.map_or(Ok(()), Err)
 }
+
+/// How long a shutdown waits for client connections to finish their requests.
+const SHUTDOWN_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
 
 async fn resolve(url: &Url) -> Result<Vec<SocketAddr>, ServerError> {
     let port = url.port.unwrap_or(0);
