@@ -160,7 +160,11 @@ fn membership_changes_answer_etcds_errors() {
             e,
             &["member", "update", &id, &format!("--peer-urls={peer}")]
         ),
-        format!("Member {id} updated in cluster {cluster:x}\n")
+        // etcdctl prints both with %16x: space-padded when an id has leading zero nibbles.
+        format!(
+            "Member {id:>16} updated in cluster {:>16}\n",
+            format!("{cluster:x}")
+        )
     );
     if is_reference() {
         // etcd carries out the rest (and a 2-member cluster with one started member then loses
@@ -437,6 +441,10 @@ fn metrics_have_etcds_names_and_move_with_writes() {
     for i in 0..5 {
         assert_eq!(ok(e, &["put", &format!("key{i}"), "value"]), "OK\n");
     }
+    assert_eq!(
+        fails(e, &["get", "key0", "--rev=100"], None),
+        "Error: etcdserver: mvcc: required revision is a future revision"
+    );
     let after = scrape(port);
     let grew = |name: &str| get(&after, name) - get(&before, name);
     assert!(grew("etcd_server_proposals_committed_total") >= 5.0);
@@ -445,15 +453,40 @@ fn metrics_have_etcds_names_and_move_with_writes() {
     assert!(grew("etcd_disk_wal_fsync_duration_seconds_sum") > 0.0);
     assert!(grew("etcd_disk_backend_commit_duration_seconds_count") >= 1.0);
     assert!(grew("etcd_disk_wal_write_bytes_total") > 0.0);
-    // Five PutRequests {key: "keyN", value: "value"} of 13 encoded bytes each: etcd counts
-    // protobuf message bytes, without gRPC's 5-byte prefixes.
-    assert_eq!(grew("etcd_network_client_grpc_received_bytes_total"), 65.0);
+    // Five PutRequests {key: "keyN", value: "value"} of 13 encoded bytes each and one
+    // RangeRequest {key: "key0", revision: 100} of 8: etcd counts protobuf message bytes,
+    // without gRPC's 5-byte prefixes.
+    assert_eq!(grew("etcd_network_client_grpc_received_bytes_total"), 73.0);
     assert!(grew("etcd_network_client_grpc_sent_bytes_total") > 0.0);
     assert_eq!(get(&after, "etcd_debugging_mvcc_keys_total"), 5.0);
     // ringkv's empty store has no live page yet; five keys need one.
     assert!(get(&after, "etcd_mvcc_db_total_size_in_use_in_bytes") > 0.0);
     assert_eq!(get(&after, "etcd_debugging_mvcc_current_revision"), 6.0);
     assert_eq!(get(&after, "etcd_server_proposals_pending"), 0.0);
+    // go-grpc-prometheus's per-method counters, as etcd exports them.
+    let kv = |metric: &str, code: Option<&str>, method: &str| {
+        let code = code.map_or(String::new(), |code| format!("grpc_code=\"{code}\","));
+        format!(
+            "{metric}{{{code}grpc_method=\"{method}\",grpc_service=\"etcdserverpb.KV\",grpc_type=\"unary\"}}"
+        )
+    };
+    let grew_or_new = |name: &str| get(&after, name) - before.get(name).copied().unwrap_or(0.0);
+    assert_eq!(
+        grew_or_new(&kv("grpc_server_started_total", None, "Put")),
+        5.0
+    );
+    assert_eq!(
+        grew_or_new(&kv("grpc_server_handled_total", Some("OK"), "Put")),
+        5.0
+    );
+    assert_eq!(
+        grew_or_new(&kv(
+            "grpc_server_handled_total",
+            Some("OutOfRange"),
+            "Range"
+        )),
+        1.0
+    );
     assert_eq!(get(&after, "etcd_server_proposals_failed_total"), 0.0);
     if !is_reference() {
         // Each sequential put was its own WAL batch of at least one record.

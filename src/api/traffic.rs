@@ -1,82 +1,113 @@
-//! Counts the bytes of gRPC messages received and sent (`etcd_network_client_grpc_received_bytes_total`
+//! Counts gRPC calls and the bytes of gRPC messages received and sent (`etcd_network_client_grpc_received_bytes_total`
 //! and `..._sent_bytes_total`), as a tower layer around the whole gRPC router. As in etcd, a
 //! message counts its protobuf encoding only: not gRPC's 5-byte length prefix, not HTTP/2
 //! framing or headers. The prefixes are recognised in the body stream by [`MessageBytes`].
+//! The same layer counts calls per method and status code (`grpc_server_started_total`,
+//! `grpc_server_handled_total`): the code comes from the response headers (a trailers-only
+//! answer) or its trailers; a call whose body is dropped before them counts as Canceled.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use futures::future::BoxFuture;
+use futures::TryFutureExt;
 use http_body::{Frame, SizeHint};
 use tonic::body::Body;
 use tonic::codegen::{http, Bytes, Service};
 use tower_layer::Layer;
 
+use crate::metrics::grpc::{GrpcCall, CANCELED};
 use crate::metrics::{Counter, METRICS};
 
-/// The layer: `Server::builder().layer(CountGrpcBytesLayer)`.
+/// The layer: `Server::builder().layer(GrpcTrafficLayer)`.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct CountGrpcBytesLayer;
+pub struct GrpcTrafficLayer;
 
-impl<S> Layer<S> for CountGrpcBytesLayer {
-    type Service = CountGrpcBytes<S>;
+impl<S> Layer<S> for GrpcTrafficLayer {
+    type Service = GrpcTraffic<S>;
 
-    fn layer(&self, inner: S) -> CountGrpcBytes<S> {
-        CountGrpcBytes(inner)
+    fn layer(&self, inner: S) -> GrpcTraffic<S> {
+        GrpcTraffic(inner)
     }
 }
 
 #[derive(Debug, Clone)]
-pub struct CountGrpcBytes<S>(S);
+pub struct GrpcTraffic<S>(S);
 
-impl<S> Service<http::Request<Body>> for CountGrpcBytes<S>
+impl<S> Service<http::Request<Body>> for GrpcTraffic<S>
 where
     S: Service<http::Request<Body>, Response = http::Response<Body>>,
+    S::Future: Send + 'static,
 {
     type Response = http::Response<Body>;
     type Error = S::Error;
-    type Future =
-        futures::future::MapOk<S::Future, fn(http::Response<Body>) -> http::Response<Body>>;
+    type Future = BoxFuture<'static, Result<http::Response<Body>, S::Error>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.0.poll_ready(cx)
     }
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        use futures::TryFutureExt;
         let grpc = request
             .headers()
             .get(http::header::CONTENT_TYPE)
             .is_some_and(|value| value.as_bytes().starts_with(b"application/grpc"));
         if !grpc {
             // HTTP endpoints (/metrics scrapes) are not client gRPC traffic.
-            return self
-                .0
-                .call(request)
-                .map_ok(std::convert::identity as fn(_) -> _);
+            return Box::pin(self.0.call(request));
         }
+        let call = METRICS.grpc.started(request.uri().path());
         let request =
-            request.map(|body| Body::new(Counted::new(body, &METRICS.grpc_received_bytes)));
-        self.0.call(request).map_ok(count_response as fn(_) -> _)
+            request.map(|body| Body::new(Counted::new(body, &METRICS.grpc_received_bytes, None)));
+        Box::pin(
+            self.0
+                .call(request)
+                .map_ok(|response| count_response(response, call)),
+        )
     }
 }
 
-fn count_response(response: http::Response<Body>) -> http::Response<Body> {
-    response.map(|body| Body::new(Counted::new(body, &METRICS.grpc_sent_bytes)))
+fn count_response(
+    response: http::Response<Body>,
+    mut call: Option<GrpcCall>,
+) -> http::Response<Body> {
+    if let Some(code) = grpc_status(response.headers()) {
+        // Trailers-only: the call ended with the headers.
+        if let Some(call) = call.take() {
+            METRICS.grpc.handled(&call, code);
+        }
+    }
+    response.map(|body| Body::new(Counted::new(body, &METRICS.grpc_sent_bytes, call)))
 }
 
-/// A body that adds the message bytes of every data frame it passes to `counter`.
+fn grpc_status(headers: &http::HeaderMap) -> Option<u32> {
+    headers.get("grpc-status")?.to_str().ok()?.parse().ok()
+}
+
+/// A body that adds the message bytes of every data frame it passes to `counter`, and counts
+/// `call` as handled when its trailers pass (or when it is dropped before them).
 struct Counted {
     inner: Body,
     counter: &'static Counter,
     messages: MessageBytes,
+    call: Option<GrpcCall>,
 }
 
 impl Counted {
-    fn new(inner: Body, counter: &'static Counter) -> Counted {
+    fn new(inner: Body, counter: &'static Counter, call: Option<GrpcCall>) -> Counted {
         Counted {
             inner,
             counter,
             messages: MessageBytes::default(),
+            call,
+        }
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        if let Some(call) = self.call.take() {
+            METRICS.grpc.handled(&call, CANCELED);
         }
     }
 }
@@ -138,6 +169,10 @@ impl http_body::Body for Counted {
             if let Some(data) = frame.data_ref() {
                 let payload = self.messages.payload_in(data);
                 self.counter.add(payload);
+            } else if let Some(code) = frame.trailers_ref().and_then(grpc_status) {
+                if let Some(call) = self.call.take() {
+                    METRICS.grpc.handled(&call, code);
+                }
             }
         }
         polled

@@ -15,6 +15,7 @@
 //! costs one relaxed add per record, needs no registration or `lazy_static`, and the text format
 //! is a page of code. The crate would add a dependency tree (and protobuf) for nothing used here.
 
+pub mod grpc;
 pub mod process;
 
 use std::fmt::Write;
@@ -195,6 +196,7 @@ pub struct Metrics {
     pub health_success: Counter,
     pub health_failures: Counter,
     pub cleaner: CleanerMetrics,
+    pub grpc: grpc::GrpcMetrics,
 }
 
 impl Metrics {
@@ -217,6 +219,7 @@ impl Metrics {
                 pages_moved: Counter::new(),
                 bytes_freed: Counter::new(),
             },
+            grpc: grpc::GrpcMetrics::new(),
         }
     }
 
@@ -299,6 +302,7 @@ impl Metrics {
             "Bytes of segment files deleted after cleaner commits.",
             cleaner.bytes_freed.get(),
         );
+        self.grpc.render(out);
     }
 }
 
@@ -323,31 +327,42 @@ impl Exposition {
         self.text
     }
 
-    fn header(&mut self, name: &str, help: &str, kind: &str) {
+    /// The `# HELP` and `# TYPE` lines of a family whose samples follow (see [`Self::sample`]).
+    pub fn family_header(&mut self, name: &str, help: &str, kind: &str) {
         debug_assert!(is_metric_name(name), "{name}");
         let _ = writeln!(self.text, "# HELP {name} {help}");
         let _ = writeln!(self.text, "# TYPE {name} {kind}");
     }
 
+    /// One sample with labels, after its family's [`Self::family_header`].
+    pub fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
+        let _ = write!(self.text, "{name}{{");
+        for (i, (key, text)) in labels.iter().enumerate() {
+            let comma = if i == 0 { "" } else { "," };
+            let _ = write!(self.text, "{comma}{key}=\"{}\"", escape_label(text));
+        }
+        let _ = writeln!(self.text, "}} {}", number(value));
+    }
+
     pub fn counter(&mut self, name: &str, help: &str, value: u64) {
-        self.header(name, help, "counter");
+        self.family_header(name, help, "counter");
         let _ = writeln!(self.text, "{name} {value}");
     }
 
     /// A counter whose value is not a whole number (CPU seconds).
     pub fn counter_f64(&mut self, name: &str, help: &str, value: f64) {
-        self.header(name, help, "counter");
+        self.family_header(name, help, "counter");
         let _ = writeln!(self.text, "{name} {}", number(value));
     }
 
     pub fn gauge(&mut self, name: &str, help: &str, value: f64) {
-        self.header(name, help, "gauge");
+        self.family_header(name, help, "gauge");
         let _ = writeln!(self.text, "{name} {}", number(value));
     }
 
     /// A gauge with one label, such as `etcd_server_version{server_version="3.5.0"} 1`.
     pub fn labeled_gauge(&mut self, name: &str, help: &str, label: (&str, &str), value: f64) {
-        self.header(name, help, "gauge");
+        self.family_header(name, help, "gauge");
         let (key, text) = label;
         let _ = writeln!(
             self.text,
@@ -358,7 +373,7 @@ impl Exposition {
     }
 
     pub fn histogram<const N: usize>(&mut self, name: &str, help: &str, h: &Histogram<N>) {
-        self.header(name, help, "histogram");
+        self.family_header(name, help, "histogram");
         // Buckets and count are read without a common lock while observations go on: a bucket
         // can be ahead of the count read first, so cumulative figures are clamped to it (a
         // bucket above `+Inf` would break Prometheus's quantile estimates).

@@ -247,7 +247,7 @@ async fn serve(
         servers.spawn(async move {
             let result = tonic::transport::Server::builder()
                 .accept_http1(true)
-                .layer(api::traffic::CountGrpcBytesLayer)
+                .layer(api::traffic::GrpcTrafficLayer)
                 .add_routes(routes)
                 .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
                     let _ = stop.wait_for(|stop| *stop).await;
