@@ -2,12 +2,14 @@
 //! (disk), `mvcc` (etcd's revisioned key space on the page store), `lease` (leases and their
 //! keys, in the same store), `apply` (etcd's requests
 //! executed on MVCC: the state machine), `api` (the gRPC services), `server` (wiring). A lower
-//! layer never imports an upper one.
+//! layer never imports an upper one; `metrics` (process-wide instruments) imports none and is
+//! used by all.
 
 pub mod api;
 pub mod apply;
 pub mod config;
 pub mod lease;
+pub mod metrics;
 pub mod mvcc;
 pub mod page_store;
 pub mod raft;

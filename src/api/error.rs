@@ -41,6 +41,20 @@ pub enum ApiError {
     /// MoveLeader to a member that is not a voter of this cluster.
     #[error("etcdserver: bad leader transferee")]
     BadLeaderTransferee,
+    #[error("etcdserver: member not found")]
+    MemberNotFound,
+    #[error("etcdserver: re-configuration failed due to not enough started members")]
+    MemberNotEnoughStarted,
+    #[error("etcdserver: can only promote a learner member")]
+    MemberNotLearner,
+    #[error("etcdserver: given member URLs are invalid")]
+    MemberBadUrls,
+    #[error("etcdserver: Peer URLs already exists")]
+    PeerUrlExists,
+    /// ringkv's own: a membership change that needs the peer transport, not built yet. Code
+    /// Unimplemented, so that clients do not retry it.
+    #[error("etcdserver: {0} is not supported yet: ringkv has no peer transport")]
+    MembershipUnsupported(&'static str),
     /// A storage or internal failure; etcd answers these with code Unknown and the error text.
     #[error("{0}")]
     Internal(String),
@@ -71,9 +85,9 @@ impl ApiError {
             | ApiError::DuplicateKey
             | ApiError::InvalidSortOption
             | ApiError::RequestTooLarge
-            | ApiError::Apply(ApplyError::KeyNotFound) => Code::InvalidArgument,
-            ApiError::Apply(ApplyError::LeaseNotFound) => Code::NotFound,
-            ApiError::Apply(ApplyError::LeaseExists) => Code::FailedPrecondition,
+            | ApiError::Apply(ApplyError::KeyNotFound)
+            | ApiError::MemberBadUrls => Code::InvalidArgument,
+            ApiError::Apply(ApplyError::LeaseNotFound) | ApiError::MemberNotFound => Code::NotFound,
             ApiError::Apply(
                 ApplyError::Compacted | ApplyError::FutureRevision | ApplyError::LeaseTtlTooLarge,
             ) => Code::OutOfRange,
@@ -83,7 +97,12 @@ impl ApiError {
             ApiError::TooManyRequests | ApiError::Apply(ApplyError::NoSpace) => {
                 Code::ResourceExhausted
             }
-            ApiError::BadLeaderTransferee => Code::FailedPrecondition,
+            ApiError::Apply(ApplyError::LeaseExists)
+            | ApiError::BadLeaderTransferee
+            | ApiError::MemberNotEnoughStarted
+            | ApiError::MemberNotLearner
+            | ApiError::PeerUrlExists => Code::FailedPrecondition,
+            ApiError::MembershipUnsupported(_) => Code::Unimplemented,
             ApiError::Internal(_) => Code::Unknown,
         }
     }
@@ -161,6 +180,31 @@ mod tests {
                 ApiError::Apply(ApplyError::KeyNotFound),
                 Code::InvalidArgument,
                 "etcdserver: key not found",
+            ),
+            (
+                ApiError::MemberNotFound,
+                Code::NotFound,
+                "etcdserver: member not found",
+            ),
+            (
+                ApiError::MemberNotEnoughStarted,
+                Code::FailedPrecondition,
+                "etcdserver: re-configuration failed due to not enough started members",
+            ),
+            (
+                ApiError::MemberNotLearner,
+                Code::FailedPrecondition,
+                "etcdserver: can only promote a learner member",
+            ),
+            (
+                ApiError::MemberBadUrls,
+                Code::InvalidArgument,
+                "etcdserver: given member URLs are invalid",
+            ),
+            (
+                ApiError::PeerUrlExists,
+                Code::FailedPrecondition,
+                "etcdserver: Peer URLs already exists",
             ),
         ];
         for (error, code, message) in cases {

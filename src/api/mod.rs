@@ -3,12 +3,15 @@
 //! [`Consensus`], reads are served from MVCC after a ReadIndex (or at once when serializable),
 //! and every error is turned into a gRPC status in one place (`error`).
 
+pub mod cluster;
 pub mod error;
+pub mod http;
 pub mod kv;
 pub mod lease;
 pub mod limit;
 pub mod maintenance;
 pub mod quota;
+pub mod traffic;
 pub mod validate;
 
 use std::sync::Arc;

@@ -400,7 +400,12 @@ impl PageStore {
     /// Moves the live pages of at most `max_segments` mostly-dead segments to the log tail in
     /// one commit, and deletes every segment no root or snapshot can reach any more.
     pub fn clean(&self, max_segments: usize) -> Result<CleanReport> {
-        self.inner.clean(max_segments)
+        let report = self.inner.clean(max_segments)?;
+        let r = &report;
+        crate::metrics::METRICS
+            .cleaner
+            .record(r.segments_cleaned, r.pages_moved, r.bytes_freed);
+        Ok(report)
     }
 
     pub fn space(&self) -> SpaceStats {

@@ -388,6 +388,7 @@ impl Inner {
         mut tree: Tree,
         consistent_index: u64,
     ) -> Result<u64> {
+        let _timer = crate::metrics::METRICS.backend_commit_seconds.start_timer();
         if ws.poisoned {
             return Err(PageStoreError::Poisoned);
         }

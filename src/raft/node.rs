@@ -571,7 +571,12 @@ impl Node {
 
     fn publish_status(&self) {
         let raft = &self.raw.raft;
-        *self.shared.status.lock() = RaftStatus {
+        let mut status = self.shared.status.lock();
+        // etcd counts a change to a known leader other than the last one seen.
+        if raft.leader_id != raft::INVALID_ID && raft.leader_id != status.leader_id {
+            crate::metrics::METRICS.leader_changes.inc();
+        }
+        *status = RaftStatus {
             member_id: self.cfg.member_id,
             cluster_id: self.cfg.cluster_id,
             term: raft.term,

@@ -1,6 +1,7 @@
 //! Wiring: opens the page store and MVCC in the data dir, starts the log with the applier as
 //! its state machine, serves etcd's gRPC services with tonic on every `--listen-client-urls`
-//! URL, and shuts down cleanly on SIGTERM or SIGINT.
+//! URL (with etcd's HTTP endpoints, `/health`, `/version`, `/metrics`, on the same listeners),
+//! and shuts down cleanly on SIGTERM or SIGINT.
 //!
 //! Data dir layout (etcd's `member/` directory):
 //! ```text
@@ -17,6 +18,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use ringkv_proto::etcdserverpb::cluster_server::ClusterServer;
 use ringkv_proto::etcdserverpb::kv_server::KvServer;
 use ringkv_proto::etcdserverpb::lease_server::LeaseServer;
 use ringkv_proto::etcdserverpb::maintenance_server::MaintenanceServer;
@@ -145,12 +147,32 @@ pub fn run(config: &Config) -> Result<(), ServerError> {
     let lease_config = LeaseConfig::for_raft(config.heartbeat_interval, config.election_timeout);
     // Dropped with the runtime; a revoke it has in flight then fails with "stopped".
     runtime.spawn(api::lease::run_expiry(ctx.clone(), lease_config.clone()));
-    let served = runtime.block_on(serve(config, ctx, ids, &lease_config));
+    let member = local_member(config, ids);
+    let served = runtime.block_on(serve(config, ctx, ids, &lease_config, member));
     // Everything acknowledged is already durable; this stops the loop and the WAL writer.
     log.handle.shutdown();
     served?;
     eprintln!("ringkv: info: stopped");
     Ok(())
+}
+
+/// This member as `member list` shows it: the peer URLs it was bootstrapped with.
+fn local_member(config: &Config, ids: ids::Ids) -> api::cluster::LocalMember {
+    let urls = |urls: &[Url]| urls.iter().map(ToString::to_string).collect();
+    let peer_urls = config
+        .initial_cluster
+        .members
+        .get(&config.name)
+        .map_or_else(
+            || urls(&config.initial_advertise_peer_urls),
+            |own| urls(own),
+        );
+    api::cluster::LocalMember {
+        id: ids.member_id,
+        name: config.name.clone(),
+        peer_urls,
+        client_urls: urls(&config.advertise_client_urls),
+    }
 }
 
 /// etcd's flags and the tuning profile in the raft engine's terms.
@@ -190,6 +212,7 @@ async fn serve(
     ctx: Arc<Context>,
     ids: ids::Ids,
     lease_config: &LeaseConfig,
+    member: api::cluster::LocalMember,
 ) -> Result<(), ServerError> {
     let mut listeners = Vec::new();
     for url in &config.listen_client_urls {
@@ -205,6 +228,14 @@ async fn serve(
     }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let max_decoding = api::max_decoding_message_bytes(config.max_request_bytes);
+    let http = api::http::HttpEndpoints::new(
+        ctx.clone(),
+        api::http::HttpConfig {
+            quota_backend_bytes: config.quota_backend_bytes,
+            // etcd's request timeout (`ReqTimeout`).
+            health_timeout: std::time::Duration::from_secs(5) + 2 * config.election_timeout,
+        },
+    );
     let mut servers = tokio::task::JoinSet::new();
     for (url, listener) in listeners {
         let kv = KvServer::new(api::kv::KvService::new(ctx.clone()))
@@ -218,13 +249,26 @@ async fn serve(
             lease_config.clone(),
         ))
         .max_decoding_message_size(max_decoding);
+        let cluster = ClusterServer::new(api::cluster::ClusterService::new(
+            ctx.clone(),
+            member.clone(),
+        ))
+        .max_decoding_message_size(max_decoding);
+        let mut routes = tonic::service::Routes::builder();
+        routes
+            .add_service(api::limit::GrpcGoLimitStatus(kv))
+            .add_service(api::limit::GrpcGoLimitStatus(maintenance))
+            .add_service(api::limit::GrpcGoLimitStatus(lease))
+            .add_service(api::limit::GrpcGoLimitStatus(cluster));
+        // Paths no gRPC service claims go to the HTTP endpoints; HTTP/1.1 is accepted for them.
+        let routes = api::http::with_fallback(routes.routes(), http.clone());
         let mut stop = stop_rx.clone();
         let local = listener.local_addr().ok();
         servers.spawn(async move {
             let result = tonic::transport::Server::builder()
-                .add_service(api::limit::GrpcGoLimitStatus(kv))
-                .add_service(api::limit::GrpcGoLimitStatus(maintenance))
-                .add_service(api::limit::GrpcGoLimitStatus(lease))
+                .accept_http1(true)
+                .layer(api::traffic::GrpcTrafficLayer)
+                .add_routes(routes)
                 .serve_with_incoming_shutdown(no_delay(listener), async move {
                     let _ = stop.wait_for(|stop| *stop).await;
                 })
@@ -242,7 +286,22 @@ async fn serve(
     eprintln!("ringkv: info: received {signal}, shutting down");
     let _ = stop_tx.send(true);
     let mut first_error = None;
-    while let Some(joined) = servers.join_next().await {
+    // Graceful shutdown waits for every connection to finish; a client that never does (a
+    // half-sent HTTP/1.1 request, an HTTP/2 peer ignoring GOAWAY) must not keep the server up.
+    // Everything acknowledged is durable, so cutting connections after the drain limit is safe.
+    let drain_deadline = tokio::time::Instant::now() + SHUTDOWN_DRAIN;
+    loop {
+        let joined = match tokio::time::timeout_at(drain_deadline, servers.join_next()).await {
+            Ok(Some(joined)) => joined,
+            Ok(None) => break,
+            Err(_) => {
+                eprintln!(
+                    "ringkv: warning: client connections still open after {SHUTDOWN_DRAIN:?}; closing them"
+                );
+                servers.abort_all();
+                break;
+            }
+        };
         match joined {
             Ok((_, _, Ok(()))) => {}
             Ok((url, local, Err(error))) => {
@@ -270,6 +329,9 @@ fn no_delay(
         Ok(stream)
     })
 }
+
+/// How long a shutdown waits for client connections to finish their requests.
+const SHUTDOWN_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
 
 async fn resolve(url: &Url) -> Result<Vec<SocketAddr>, ServerError> {
     let port = url.port.unwrap_or(0);

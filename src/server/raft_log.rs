@@ -6,6 +6,7 @@ use futures::FutureExt;
 
 use crate::api::{Consensus, ConsensusError, ConsensusStatus};
 use crate::apply::Applier;
+use crate::metrics::METRICS;
 use crate::raft::{Committed, RaftError, RaftHandle, StateMachine};
 
 /// The applier: each `apply` call's entries are one MVCC batch, one page-store commit (see
@@ -43,9 +44,16 @@ fn consensus_error(error: RaftError) -> ConsensusError {
 
 impl Consensus for RaftLog {
     fn propose(&self, data: Vec<u8>) -> BoxFuture<'static, Result<Vec<u8>, ConsensusError>> {
+        let pending = METRICS.proposals_pending.track();
         self.handle
             .propose(data)
-            .map(|result| result.map_err(consensus_error))
+            .map(move |result| {
+                drop(pending);
+                result.map_err(|error| {
+                    METRICS.proposals_failed.inc();
+                    consensus_error(error)
+                })
+            })
             .boxed()
     }
 

@@ -413,6 +413,9 @@ impl<D: Disk> WalWriter<D> {
                 self.state = batch.state;
                 self.shared.batches.fetch_add(1, Ordering::Relaxed);
                 self.shared.records.fetch_add(records, Ordering::Relaxed);
+                crate::metrics::METRICS
+                    .wal_batch_records
+                    .observe(records as f64);
                 for done in batch.waiters {
                     let _ = done.send(Ok(()));
                 }
@@ -471,6 +474,7 @@ impl<D: Disk> WalWriter<D> {
         self.shared
             .bytes
             .fetch_add(extent as u64, Ordering::Relaxed);
+        crate::metrics::METRICS.wal_write_bytes.add(extent as u64);
         let segment = self.segments.back_mut().expect("a current segment");
         for record in &batch.records {
             if let Record::Entry { index, .. } = record {
@@ -493,6 +497,9 @@ impl<D: Disk> WalWriter<D> {
     async fn sync_current(&self) -> io::Result<()> {
         let start = Instant::now();
         self.file.fdatasync().await?;
+        crate::metrics::METRICS
+            .wal_fsync_seconds
+            .observe_duration(start.elapsed());
         let us = start.elapsed().as_micros() as u64;
         self.shared.syncs.fetch_add(1, Ordering::Relaxed);
         self.shared.sync_us_max.fetch_max(us, Ordering::Relaxed);

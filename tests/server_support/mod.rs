@@ -74,6 +74,11 @@ impl Server {
         format!("http://127.0.0.1:{}", self.client_port)
     }
 
+    /// The peer URL the member is started with (its `--initial-advertise-peer-urls`).
+    pub fn peer_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.peer_port)
+    }
+
     fn launch(&mut self) {
         assert!(self.child.is_none());
         self.starts += 1;
@@ -81,7 +86,7 @@ impl Server {
         self.log_path = parent.join(format!("ringkv-{}-{}.log", self.client_port, self.starts));
         let log = File::create(&self.log_path).unwrap();
         let client = self.endpoint();
-        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let peer = self.peer_url();
         let child = Command::new(&self.binary)
             .arg("--data-dir")
             .arg(&self.data_dir)
