@@ -7,7 +7,9 @@
 //!
 //! - `GET /health` → 200 `{"health":"true","reason":""}`, or 503 with the JSON and a newline,
 //!   reason `RAFT NO LEADER` or `RANGE ERROR:<error>` (a linearizable read, ReadIndex, failed
-//!   within etcd's request timeout). `?serializable=true` checks only this member, as in etcd.
+//!   within etcd's request timeout), or `ALARM NOSPACE` / `ALARM CORRUPT` while that alarm is
+//!   raised and not named by an `?exclude=` parameter. `?serializable=true` checks only this
+//!   member, as in etcd.
 //!   Another method → 405 `Method Not Allowed` with `Allow: GET`.
 //! - `GET /version` → `{"etcdserver":"3.5.0","etcdcluster":"3.5.0"}` (`application/json`).
 //! - `/metrics` (any method) → Prometheus text: [`crate::metrics::METRICS`] plus what the scrape
@@ -22,9 +24,11 @@ use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+use ringkv_proto::etcdserverpb::AlarmType;
 use tonic::codegen::http::{self, header, HeaderValue, Method, StatusCode};
 use tonic::codegen::Service;
 
+use crate::apply::alarm::AlarmSet;
 use crate::metrics::{self, Exposition, METRICS};
 use crate::mvcc::{Mvcc, RangeOptions};
 
@@ -100,8 +104,10 @@ impl State {
         }
         match request.uri.path() {
             "/health" if request.method == Method::GET => {
-                let serializable = query_value(request.uri.query(), "serializable") == Some("true");
-                self.health(serializable).await
+                let query = request.uri.query();
+                let serializable = query_value(query, "serializable") == Some("true");
+                let excluded: Vec<&str> = query_values(query, "exclude").collect();
+                self.health(serializable, &excluded).await
             }
             "/version" if request.method == Method::GET => response(
                 StatusCode::OK,
@@ -120,8 +126,12 @@ impl State {
         }
     }
 
-    async fn health(&self, serializable: bool) -> http::Response<String> {
-        match self.check_health(serializable).await {
+    async fn health(&self, serializable: bool, excluded: &[&str]) -> http::Response<String> {
+        let checked = match alarm_reason(&super::quota::alarms(&self.ctx), excluded) {
+            Some(reason) => Err(reason.to_owned()),
+            None => self.check_health(serializable).await,
+        };
+        match checked {
             Ok(()) => {
                 METRICS.health_success.inc();
                 response(StatusCode::OK, TEXT, health_json("true", ""))
@@ -137,7 +147,7 @@ impl State {
         }
     }
 
-    /// etcd's `checkV3Health` without alarms (ringkv raises none yet): a leader, then a read.
+    /// The rest of etcd's `checkHealth` after the alarms: a leader, then a read.
     async fn check_health(&self, serializable: bool) -> Result<(), String> {
         let consensus = &self.ctx.consensus;
         if serializable {
@@ -284,12 +294,33 @@ fn is_grpc(headers: &http::HeaderMap) -> bool {
         .is_some_and(|value| value.as_bytes().starts_with(b"application/grpc"))
 }
 
-fn query_value<'q>(query: Option<&'q str>, name: &str) -> Option<&'q str> {
-    query?
+fn query_value<'q>(query: Option<&'q str>, name: &'q str) -> Option<&'q str> {
+    query_values(query, name).next()
+}
+
+/// Every value of `name` in the query (`?exclude=NOSPACE&exclude=CORRUPT`).
+fn query_values<'q>(query: Option<&'q str>, name: &'q str) -> impl Iterator<Item = &'q str> {
+    query
+        .unwrap_or_default()
         .split('&')
         .filter_map(|pair| pair.split_once('='))
-        .find(|(key, _)| *key == name)
+        .filter(move |(key, _)| *key == name)
         .map(|(_, value)| value)
+}
+
+/// etcd's `checkHealth`: the first raised alarm whose name (`NOSPACE`, `CORRUPT`) is not
+/// excluded makes the member unhealthy, with etcd's reason.
+fn alarm_reason(alarms: &AlarmSet, excluded: &[&str]) -> Option<&'static str> {
+    alarms
+        .get(AlarmType::None as i32)
+        .iter()
+        .filter_map(|raised| AlarmType::try_from(raised.alarm).ok())
+        .find(|alarm| !excluded.contains(&alarm.as_str_name()))
+        .map(|alarm| match alarm {
+            AlarmType::Nospace => "ALARM NOSPACE",
+            AlarmType::Corrupt => "ALARM CORRUPT",
+            AlarmType::None => "ALARM UNKNOWN",
+        })
 }
 
 fn response(
@@ -355,12 +386,28 @@ mod tests {
     }
 
     #[test]
-    fn query_values() {
+    fn query_parameters() {
         assert_eq!(
             query_value(Some("exclude=NOSPACE&serializable=true"), "serializable"),
             Some("true")
         );
         assert_eq!(query_value(Some("serializable"), "serializable"), None);
         assert_eq!(query_value(None, "serializable"), None);
+        let both = Some("exclude=NOSPACE&serializable=true&exclude=CORRUPT");
+        assert_eq!(
+            query_values(both, "exclude").collect::<Vec<_>>(),
+            ["NOSPACE", "CORRUPT"]
+        );
+    }
+
+    #[test]
+    fn raised_alarms_make_health_false_unless_excluded() {
+        let mut alarms = AlarmSet::default();
+        assert_eq!(alarm_reason(&alarms, &[]), None);
+        alarms.activate(1, AlarmType::Nospace as i32);
+        assert_eq!(alarm_reason(&alarms, &[]), Some("ALARM NOSPACE"));
+        assert_eq!(alarm_reason(&alarms, &["NOSPACE"]), None);
+        alarms.activate(1, AlarmType::Corrupt as i32);
+        assert_eq!(alarm_reason(&alarms, &["NOSPACE"]), Some("ALARM CORRUPT"));
     }
 }
