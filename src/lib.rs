@@ -11,3 +11,4 @@ pub mod page_store;
 pub mod raft;
 pub mod server;
 pub mod wal;
+pub mod watch;

@@ -8,6 +8,7 @@ pub mod kv;
 pub mod limit;
 pub mod maintenance;
 pub mod validate;
+pub mod watch;
 
 use std::sync::Arc;
 

@@ -27,11 +27,16 @@ use crate::mvcc::{Mvcc, MvccBatch};
 use entry::{Outcome, OutcomeResult, Proposal, ProposalRequest};
 use exec::{ExecError, ExecResult, WriteAt};
 
+/// Told, after every page-store commit the applier makes, the store's current revision: every
+/// revision up to it is now visible to readers (the watch hub reads them from there).
+pub type CommitHook = Box<dyn FnMut(i64) + Send>;
+
 /// Applies committed entries in index order.
 pub struct Applier {
     mvcc: Mvcc,
     applied_index: u64,
     compactor: Compactor,
+    on_commit: Option<CommitHook>,
 }
 
 impl Applier {
@@ -43,7 +48,16 @@ impl Applier {
             mvcc,
             applied_index,
             compactor,
+            on_commit: None,
         }
+    }
+
+    /// Calls `hook` after every commit, on the applying thread, before the entries' replies are
+    /// returned; it must not block for long (it holds up the raft loop).
+    #[must_use]
+    pub fn with_commit_hook(mut self, hook: CommitHook) -> Applier {
+        self.on_commit = Some(hook);
+        self
     }
 
     /// The last applied entry; durable (it is the page store's consistent index).
@@ -111,6 +125,9 @@ impl Applier {
             fatal(index, &error);
         }
         self.applied_index = index;
+        if let Some(hook) = &mut self.on_commit {
+            hook(self.mvcc.current_revision());
+        }
     }
 
     fn compact_entry(&mut self, index: u64, req: &CompactionRequest) -> Outcome {

@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use ringkv_proto::etcdserverpb::kv_server::KvServer;
 use ringkv_proto::etcdserverpb::maintenance_server::MaintenanceServer;
+use ringkv_proto::etcdserverpb::watch_server::WatchServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
@@ -27,6 +28,7 @@ use crate::config::{Config, CorePlacement, Scheme, Url};
 use crate::mvcc::{Mvcc, MvccError};
 use crate::page_store::{PageStore, PageStoreConfig, PageStoreError};
 use crate::raft::{self, RaftConfig, RaftError};
+use crate::watch::{Hub, WatchConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -102,7 +104,11 @@ pub fn run(config: &Config) -> Result<(), ServerError> {
         mvcc.compacted_revision(),
         mvcc.page_store().consistent_index()
     );
-    let applier = Applier::new(mvcc.clone());
+    // Before the applier, so the hub has dispatched exactly what MVCC holds when it starts.
+    let hub = Hub::new(mvcc.clone(), WatchConfig::default());
+    let hook_hub = hub.clone();
+    let applier = Applier::new(mvcc.clone())
+        .with_commit_hook(Box::new(move |rev| hook_hub.committed(rev)));
     // Returns once the WAL is replayed into MVCC and this member leads.
     let handle = raft::start(
         raft_config(config, &wal_dir, ids),
@@ -132,7 +138,7 @@ pub fn run(config: &Config) -> Result<(), ServerError> {
         .enable_all()
         .build()
         .map_err(ServerError::Runtime)?;
-    let served = runtime.block_on(serve(config, ctx, ids));
+    let served = runtime.block_on(serve(config, ctx, hub, ids));
     // Everything acknowledged is already durable; this stops the loop and the WAL writer.
     log.handle.shutdown();
     served?;
@@ -172,7 +178,12 @@ fn page_store_config(config: &Config) -> PageStoreConfig {
     }
 }
 
-async fn serve(config: &Config, ctx: Arc<Context>, ids: ids::Ids) -> Result<(), ServerError> {
+async fn serve(
+    config: &Config,
+    ctx: Arc<Context>,
+    hub: Arc<Hub>,
+    ids: ids::Ids,
+) -> Result<(), ServerError> {
     let mut listeners = Vec::new();
     for url in &config.listen_client_urls {
         for addr in resolve(url).await? {
@@ -195,12 +206,16 @@ async fn serve(config: &Config, ctx: Arc<Context>, ids: ids::Ids) -> Result<(), 
         let maintenance =
             MaintenanceServer::new(api::maintenance::MaintenanceService::new(ctx.clone()))
                 .max_decoding_message_size(max_decoding);
+        let watch = WatchServer::new(api::watch::WatchService::new(ctx.clone(), hub.clone()))
+            .max_decoding_message_size(max_decoding)
+            .max_encoding_message_size(usize::MAX);
         let mut stop = stop_rx.clone();
         let local = listener.local_addr().ok();
         servers.spawn(async move {
             let result = tonic::transport::Server::builder()
                 .add_service(api::limit::GrpcGoLimitStatus(kv))
                 .add_service(api::limit::GrpcGoLimitStatus(maintenance))
+                .add_service(api::limit::GrpcGoLimitStatus(watch))
                 .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
                     let _ = stop.wait_for(|stop| *stop).await;
                 })
@@ -217,6 +232,7 @@ async fn serve(config: &Config, ctx: Arc<Context>, ids: ids::Ids) -> Result<(), 
     let signal = wait_for_signal().await;
     eprintln!("ringkv: info: received {signal}, shutting down");
     let _ = stop_tx.send(true);
+    hub.stop();
     let mut first_error = None;
     while let Some(joined) = servers.join_next().await {
         match joined {
