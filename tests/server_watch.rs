@@ -113,7 +113,7 @@ fn etcdctl_watch_prints_events_like_etcd() {
     let prev = Watching::start(dir.path(), "prev", &ep, &["foo", "--prev-kv", "--rev", &next]);
     ok(&ep, &["put", "foo", "bar"]);
     ok(&ep, &["del", "foo"]);
-    let out = server_support::etcdctl(&ep, &["txn"], Some("\nput foo t1\nput fob t2\n\n"));
+    let out = server_support::etcdctl(&ep, &["txn"], Some("\nput foo t1\nput fob t2\n\n\n"));
     assert!(out.status.success());
     assert_eq!(
         plain.wait_lines(12),
@@ -138,7 +138,7 @@ fn etcdctl_watch_rev_replays_history_and_json_groups_a_txn() {
         "PUT\nk\n1\nPUT\nk\n2\nDELETE\nk\n\n"
     );
     let json = Watching::start(dir.path(), "json", &ep, &["--prefix", "t", "--rev", "5", "-w", "json"]);
-    let out = server_support::etcdctl(&ep, &["txn"], Some("\nput t1 a\nput t2 b\n\n"));
+    let out = server_support::etcdctl(&ep, &["txn"], Some("\nput t1 a\nput t2 b\n\n\n"));
     assert!(out.status.success());
     let line = json.wait_lines(1);
     let resp: serde_json::Value = serde_json::from_str(line.lines().next().unwrap()).unwrap();
@@ -160,11 +160,12 @@ fn etcdctl_watch_below_the_compacted_revision_is_canceled() {
     ok(&ep, &["compaction", "3"]);
     let mut w = Watching::start(dir.path(), "compacted", &ep, &["k", "--rev", "2"]);
     assert_eq!(w.wait_exit(), Some(5));
+    assert_eq!(w.stdout(), "");
     assert_eq!(
-        w.stdout(),
-        "watch was canceled (etcdserver: mvcc: required revision has been compacted)\n"
+        w.stderr(),
+        "watch was canceled (etcdserver: mvcc: required revision has been compacted)\n\
+         Error: watch is canceled by the server\n"
     );
-    assert_eq!(w.stderr().trim_end(), "Error: watch is canceled by the server");
     let mut j = Watching::start(dir.path(), "compacted-json", &ep, &["k", "--rev", "2", "-w", "json"]);
     assert_eq!(j.wait_exit(), Some(5));
     let out = j.stdout();
@@ -175,7 +176,7 @@ fn etcdctl_watch_below_the_compacted_revision_is_canceled() {
     assert!(resp["Header"].get("revision").is_none(), "{resp}");
     // At exactly the compacted revision the watch is served.
     let at = Watching::start(dir.path(), "at", &ep, &["k", "--rev", "3"]);
-    assert_eq!(at.wait_lines(3), "PUT\nk\n3\n");
+    assert_eq!(at.wait_lines(6), "PUT\nk\n2\nPUT\nk\n3\n");
 }
 
 #[test]
@@ -209,17 +210,32 @@ struct WatchStream {
 }
 
 impl WatchStream {
-    async fn open(channel: Channel) -> WatchStream {
+    /// Opens a stream whose first request is `first` and returns its created response. The
+    /// request goes out with the call: etcd (grpc-go) sends no response headers before its
+    /// first message, so a client that waits for them before sending would wait forever.
+    async fn open(channel: Channel, first: WatchCreateRequest) -> (WatchStream, WatchResponse) {
         let (requests, rx) = mpsc::channel(64);
-        let responses = WatchClient::new(channel)
-            .watch(ReceiverStream::new(rx))
+        requests
+            .send(WatchRequest {
+                request_union: Some(RequestUnion::CreateRequest(first)),
+            })
             .await
-            .unwrap()
-            .into_inner();
-        WatchStream {
+            .unwrap();
+        let responses = tokio::time::timeout(
+            WAIT,
+            WatchClient::new(channel).watch(ReceiverStream::new(rx)),
+        )
+        .await
+        .expect("watch call in time")
+        .unwrap()
+        .into_inner();
+        let mut stream = WatchStream {
             requests,
             responses,
-        }
+        };
+        let created = stream.next().await;
+        assert!(created.created, "{created:?}");
+        (stream, created)
     }
 
     async fn send(&self, request: RequestUnion) {
@@ -289,8 +305,7 @@ async fn create_cancel_ids_and_errors_follow_etcd() {
     let ch = channel(&s).await;
     let mut kv = KvClient::new(ch.clone());
     let r2 = put(&mut kv, "k", b"v").await;
-    let mut w = WatchStream::open(ch).await;
-    let first = w.created(watch_key("k")).await;
+    let (mut w, first) = WatchStream::open(ch, watch_key("k")).await;
     assert_eq!(
         (first.watch_id, first.canceled, first.header.unwrap().revision),
         (0, false, r2)
@@ -345,8 +360,7 @@ async fn txn_events_share_one_response_and_filters_apply() {
     let (_dir, s) = server(&[]);
     let ch = channel(&s).await;
     let mut kv = KvClient::new(ch.clone());
-    let mut w = WatchStream::open(ch).await;
-    w.created(watch_prefix("t")).await;
+    let (mut w, _) = WatchStream::open(ch, watch_prefix("t")).await;
     let mut no_put = watch_prefix("t");
     no_put.filters = vec![0];
     no_put.prev_kv = true;
@@ -394,8 +408,8 @@ async fn txn_events_share_one_response_and_filters_apply() {
 async fn concurrent_writers_every_revision_once_in_order() {
     let (_dir, s) = server(&[]);
     let ch = channel(&s).await;
-    let mut w = WatchStream::open(ch.clone()).await;
-    let start = w.created(watch_prefix("c/")).await.header.unwrap().revision;
+    let (mut w, created) = WatchStream::open(ch.clone(), watch_prefix("c/")).await;
+    let start = created.header.unwrap().revision;
     const WRITERS: usize = 4;
     const PUTS: usize = 150;
     let mut tasks = Vec::new();
@@ -427,8 +441,8 @@ async fn concurrent_writers_every_revision_once_in_order() {
 async fn a_slow_watcher_catches_up() {
     let (_dir, s) = server(&[]);
     let ch = channel(&s).await;
-    let mut w = WatchStream::open(ch.clone()).await;
-    let start = w.created(watch_prefix("s/")).await.header.unwrap().revision;
+    let (mut w, created) = WatchStream::open(ch.clone(), watch_prefix("s/")).await;
+    let start = created.header.unwrap().revision;
     const WRITERS: usize = 8;
     const PUTS: usize = 400;
     // 1 KiB values, so 3,200 events are far more than the HTTP/2 and socket buffers hold.
@@ -467,8 +481,9 @@ async fn many_watchers_on_one_stream_and_many_streams_on_one_connection() {
     let mut kv = KvClient::new(ch.clone());
     let mut streams = Vec::new();
     for _ in 0..3 {
-        let mut w = WatchStream::open(ch.clone()).await;
-        for i in 0..40 {
+        let (mut w, first) = WatchStream::open(ch.clone(), watch_key("m0")).await;
+        assert_eq!(first.watch_id, 0);
+        for i in 1..40 {
             let created = w.created(watch_key(&format!("m{i}"))).await;
             assert_eq!(created.watch_id, i);
         }
@@ -501,10 +516,9 @@ async fn compacted_start_is_answered_like_etcd() {
     })
     .await
     .unwrap();
-    let mut w = WatchStream::open(ch).await;
     let mut create = watch_key("k");
     create.start_revision = 2;
-    let created = w.created(create).await;
+    let (mut w, created) = WatchStream::open(ch, create).await;
     assert_eq!((created.watch_id, created.canceled), (0, false));
     let compacted = w.next().await;
     assert_eq!(
@@ -520,22 +534,23 @@ async fn compacted_start_is_answered_like_etcd() {
 
 #[tokio::test]
 async fn fragmented_responses_are_split_under_the_request_limit() {
-    let (_dir, s) = server(&["--max-request-bytes", "4096"]);
+    // etcd splits above --max-request-bytes + 512 KiB: 1 MiB + 512 KiB here. Three 300 KB puts
+    // fit one request; with prev_kv their events make a 1.8 MB response.
+    let (_dir, s) = server(&["--max-request-bytes", "1048576"]);
     let ch = channel(&s).await;
     let mut kv = KvClient::new(ch.clone());
-    let big = vec![b'x'; 1000];
+    const VALUE_BYTES: usize = 300_000;
     for key in ["f1", "f2", "f3"] {
-        put(&mut kv, key, &big).await;
+        put(&mut kv, key, &vec![b'x'; VALUE_BYTES]).await;
     }
-    let mut w = WatchStream::open(ch).await;
     let mut create = watch_prefix("f");
     create.prev_kv = true;
     create.fragment = true;
-    w.created(create).await;
+    let (mut w, _) = WatchStream::open(ch, create).await;
     let op = |key: &str| RequestOp {
         request: Some(request_op::Request::RequestPut(PutRequest {
             key: key.into(),
-            value: vec![b'y'; 1000],
+            value: vec![b'y'; VALUE_BYTES],
             ..PutRequest::default()
         })),
     };
@@ -545,16 +560,19 @@ async fn fragmented_responses_are_split_under_the_request_limit() {
     })
     .await
     .unwrap();
-    let mut events = 0;
-    let mut parts = 0;
+    let mut sizes = Vec::new();
+    let mut keys = Vec::new();
     loop {
         let resp = w.next().await;
-        parts += 1;
-        events += resp.events.len();
+        sizes.push(resp.events.len());
+        for event in &resp.events {
+            assert_eq!(event.prev_kv.as_ref().unwrap().value.len(), VALUE_BYTES);
+            keys.push(event.kv.as_ref().unwrap().key.clone());
+        }
         if !resp.fragment {
             break;
         }
     }
-    assert_eq!(events, 3);
-    assert!(parts >= 2, "{parts} parts");
+    assert_eq!(sizes, vec![2, 1]);
+    assert_eq!(keys, vec![b"f1".to_vec(), b"f2".to_vec(), b"f3".to_vec()]);
 }

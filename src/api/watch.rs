@@ -68,8 +68,7 @@ impl Watch for WatchService {
             tx,
             options: HashMap::new(),
             progress_requested: false,
-            fragment_bytes: usize::try_from(self.ctx.limits.max_request_bytes)
-                .unwrap_or(usize::MAX),
+            fragment_bytes: super::max_decoding_message_bytes(self.ctx.limits.max_request_bytes),
         };
         tokio::spawn(session.run(incoming));
         Ok(Response::new(Box::pin(
@@ -97,8 +96,8 @@ struct Session {
     tx: mpsc::Sender<Outgoing>,
     options: HashMap<i64, Options>,
     progress_requested: bool,
-    /// Responses of a watcher that asked for fragments are split below this size (etcd uses
-    /// its `--max-request-bytes`).
+    /// Responses of a watcher that asked for fragments are split below this size: etcd's
+    /// watch server uses `--max-request-bytes` plus its gRPC overhead allowance.
     fragment_bytes: usize,
 }
 

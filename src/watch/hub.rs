@@ -404,7 +404,7 @@ impl Drop for StreamHandle {
 /// One catch-up step for every unsynced watcher of stream `id`: reads at most
 /// `catch_up_revisions` revisions per watcher from the store (outside the hub lock), then
 /// records what it read under the lock, turning a watcher synced if it reached `dispatched`.
-/// The caller must have sent everything queued for this stream before (module doc).
+/// A watcher that still has deliveries queued is skipped until its stream has taken them.
 pub fn catch_up(hub: &Hub, id: u64) -> Result<Vec<CatchUp>, MvccError> {
     let (todo, target) = {
         let state = hub.state.lock();
@@ -414,7 +414,9 @@ pub fn catch_up(hub: &Hub, id: u64) -> Result<Vec<CatchUp>, MvccError> {
         let todo: Vec<(i64, i64)> = stream
             .watchers
             .iter()
-            .filter(|(_, w)| !w.synced)
+            // A watcher with deliveries still queued waits: they are older than what it
+            // would read, and its stream sends them first.
+            .filter(|(_, w)| !w.synced && w.queued_events == 0)
             .map(|(&watch_id, w)| (watch_id, w.next_rev))
             .collect();
         (todo, state.dispatched)

@@ -361,3 +361,31 @@ fn progress_waits_for_queued_events() {
     let r3 = h.put("other", "v");
     assert_eq!(stream.watcher_progress(w), Some(r3));
 }
+
+/// Regression: a stream took a watcher's queue and, while it was still sending it, the hook
+/// queued more for the watcher and then overflowed it. A catch-up step run before the stream
+/// took that second queue would send newer revisions ahead of it.
+#[test]
+fn catch_up_waits_for_a_watchers_queued_deliveries() {
+    let mut h = Harness::new(WatchConfig {
+        watcher_queue_events_max: 2,
+        ..WatchConfig::default()
+    });
+    let stream = h.hub.open_stream();
+    stream.create(spec(single("k"), 0)).unwrap();
+    let r2 = h.put("k", "2");
+    assert_eq!(stream.take_queued().len(), 1);
+    let r3 = h.put("k", "3");
+    let r4 = h.put("k", "4");
+    let r5 = h.put("k", "5"); // overflows: unsynced at r5 with r3, r4 queued
+    assert!(stream.has_unsynced());
+    assert_eq!(stream.catch_up_job()().unwrap(), vec![]);
+    let queued: Vec<i64> = stream.take_queued().iter().map(|d| d.header_revision).collect();
+    assert_eq!(queued, vec![r3, r4]);
+    let out = stream.catch_up_job()().unwrap();
+    let [CatchUp::Events(d)] = out.as_slice() else {
+        panic!("{out:?}")
+    };
+    assert_eq!(d.events.iter().map(|e| e.kv.mod_revision).collect::<Vec<_>>(), vec![r5]);
+    assert!(r2 < r3);
+}
