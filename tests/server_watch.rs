@@ -109,8 +109,18 @@ fn etcdctl_watch_prints_events_like_etcd() {
     let ep = s.endpoint();
     ok(&ep, &["put", "foo", "v0"]);
     let next = (current_revision(&ep) + 1).to_string();
-    let plain = Watching::start(dir.path(), "plain", &ep, &["--prefix", "fo", "--rev", &next]);
-    let prev = Watching::start(dir.path(), "prev", &ep, &["foo", "--prev-kv", "--rev", &next]);
+    let plain = Watching::start(
+        dir.path(),
+        "plain",
+        &ep,
+        &["--prefix", "fo", "--rev", &next],
+    );
+    let prev = Watching::start(
+        dir.path(),
+        "prev",
+        &ep,
+        &["foo", "--prev-kv", "--rev", &next],
+    );
     ok(&ep, &["put", "foo", "bar"]);
     ok(&ep, &["del", "foo"]);
     let out = server_support::etcdctl(&ep, &["txn"], Some("\nput foo t1\nput fob t2\n\n\n"));
@@ -133,11 +143,13 @@ fn etcdctl_watch_rev_replays_history_and_json_groups_a_txn() {
     ok(&ep, &["put", "k", "2"]); // 3
     ok(&ep, &["del", "k"]); // 4
     let history = Watching::start(dir.path(), "history", &ep, &["k", "--rev", "2"]);
-    assert_eq!(
-        history.wait_lines(9),
-        "PUT\nk\n1\nPUT\nk\n2\nDELETE\nk\n\n"
+    assert_eq!(history.wait_lines(9), "PUT\nk\n1\nPUT\nk\n2\nDELETE\nk\n\n");
+    let json = Watching::start(
+        dir.path(),
+        "json",
+        &ep,
+        &["--prefix", "t", "--rev", "5", "-w", "json"],
     );
-    let json = Watching::start(dir.path(), "json", &ep, &["--prefix", "t", "--rev", "5", "-w", "json"]);
     let out = server_support::etcdctl(&ep, &["txn"], Some("\nput t1 a\nput t2 b\n\n\n"));
     assert!(out.status.success());
     let line = json.wait_lines(1);
@@ -166,7 +178,12 @@ fn etcdctl_watch_below_the_compacted_revision_is_canceled() {
         "watch was canceled (etcdserver: mvcc: required revision has been compacted)\n\
          Error: watch is canceled by the server\n"
     );
-    let mut j = Watching::start(dir.path(), "compacted-json", &ep, &["k", "--rev", "2", "-w", "json"]);
+    let mut j = Watching::start(
+        dir.path(),
+        "compacted-json",
+        &ep,
+        &["k", "--rev", "2", "-w", "json"],
+    );
     assert_eq!(j.wait_exit(), Some(5));
     let out = j.stdout();
     let line = out.lines().find(|l| l.starts_with('{')).unwrap();
@@ -307,7 +324,11 @@ async fn create_cancel_ids_and_errors_follow_etcd() {
     let r2 = put(&mut kv, "k", b"v").await;
     let (mut w, first) = WatchStream::open(ch, watch_key("k")).await;
     assert_eq!(
-        (first.watch_id, first.canceled, first.header.unwrap().revision),
+        (
+            first.watch_id,
+            first.canceled,
+            first.header.unwrap().revision
+        ),
         (0, false, r2)
     );
     let mut chosen = watch_key("k");
@@ -316,7 +337,11 @@ async fn create_cancel_ids_and_errors_follow_etcd() {
     let dup = w.created(chosen).await;
     assert_eq!(
         (dup.watch_id, dup.canceled, dup.cancel_reason.as_str()),
-        (-1, true, "mvcc: duplicate watch ID provided on the WatchStream")
+        (
+            -1,
+            true,
+            "mvcc: duplicate watch ID provided on the WatchStream"
+        )
     );
     let mut empty = watch_key("b");
     empty.range_end = b"a".to_vec();
@@ -328,18 +353,26 @@ async fn create_cancel_ids_and_errors_follow_etcd() {
     assert_eq!(w.created(watch_key("k")).await.watch_id, 1);
     // Cancel: answered with the id; an unknown id gets no answer (the next response is the
     // progress response requested after it).
-    w.send(RequestUnion::CancelRequest(WatchCancelRequest { watch_id: 7 }))
-        .await;
+    w.send(RequestUnion::CancelRequest(WatchCancelRequest {
+        watch_id: 7,
+    }))
+    .await;
     let canceled = w.next().await;
     assert_eq!((canceled.watch_id, canceled.canceled), (7, true));
     assert_eq!(canceled.header.unwrap().revision, r2);
-    w.send(RequestUnion::CancelRequest(WatchCancelRequest { watch_id: 99 }))
-        .await;
+    w.send(RequestUnion::CancelRequest(WatchCancelRequest {
+        watch_id: 99,
+    }))
+    .await;
     w.send(RequestUnion::ProgressRequest(WatchProgressRequest {}))
         .await;
     let progress = w.next().await;
     assert_eq!(
-        (progress.watch_id, progress.events.len(), progress.header.unwrap().revision),
+        (
+            progress.watch_id,
+            progress.events.len(),
+            progress.header.unwrap().revision
+        ),
         (-1, 0, r2)
     );
     // Watchers 0 and 1 see a put; 7 is gone.
@@ -383,7 +416,11 @@ async fn txn_events_share_one_response_and_filters_apply() {
     let rev = txn.header.unwrap().revision;
     let resp = w.next().await;
     assert_eq!(resp.header.unwrap().revision, rev);
-    let keys: Vec<_> = resp.events.iter().map(|e| e.kv.clone().unwrap().key).collect();
+    let keys: Vec<_> = resp
+        .events
+        .iter()
+        .map(|e| e.kv.clone().unwrap().key)
+        .collect();
     assert_eq!(keys, vec![b"t1".to_vec(), b"t2".to_vec()]);
     // The NOPUT watcher sees only the delete, with the previous value.
     kv.delete_range(ringkv_proto::etcdserverpb::DeleteRangeRequest {
@@ -406,12 +443,12 @@ async fn txn_events_share_one_response_and_filters_apply() {
 /// Several writers at once: every revision reaches the watcher once, in ascending order.
 #[tokio::test]
 async fn concurrent_writers_every_revision_once_in_order() {
+    const WRITERS: usize = 4;
+    const PUTS: usize = 150;
     let (_dir, s) = server(&[]);
     let ch = channel(&s).await;
     let (mut w, created) = WatchStream::open(ch.clone(), watch_prefix("c/")).await;
     let start = created.header.unwrap().revision;
-    const WRITERS: usize = 4;
-    const PUTS: usize = 150;
     let mut tasks = Vec::new();
     for t in 0..WRITERS {
         let mut kv = KvClient::new(ch.clone());
@@ -426,7 +463,11 @@ async fn concurrent_writers_every_revision_once_in_order() {
     while next <= start + total {
         let resp = w.next().await;
         for event in resp.events {
-            assert_eq!(event.kv.unwrap().mod_revision, next, "missing, repeated or out of order");
+            assert_eq!(
+                event.kv.unwrap().mod_revision,
+                next,
+                "missing, repeated or out of order"
+            );
             next += 1;
         }
     }
@@ -439,12 +480,12 @@ async fn concurrent_writers_every_revision_once_in_order() {
 /// event, once, in order, when it reads again (the server catches it up from the store).
 #[tokio::test]
 async fn a_slow_watcher_catches_up() {
+    const WRITERS: usize = 8;
+    const PUTS: usize = 400;
     let (_dir, s) = server(&[]);
     let ch = channel(&s).await;
     let (mut w, created) = WatchStream::open(ch.clone(), watch_prefix("s/")).await;
     let start = created.header.unwrap().revision;
-    const WRITERS: usize = 8;
-    const PUTS: usize = 400;
     // 1 KiB values, so 3,200 events are far more than the HTTP/2 and socket buffers hold.
     let value = vec![b'x'; 1024];
     let mut tasks = Vec::new();
@@ -534,12 +575,12 @@ async fn compacted_start_is_answered_like_etcd() {
 
 #[tokio::test]
 async fn fragmented_responses_are_split_under_the_request_limit() {
+    const VALUE_BYTES: usize = 300_000;
     // etcd splits above --max-request-bytes + 512 KiB: 1 MiB + 512 KiB here. Three 300 KB puts
     // fit one request; with prev_kv their events make a 1.8 MB response.
     let (_dir, s) = server(&["--max-request-bytes", "1048576"]);
     let ch = channel(&s).await;
     let mut kv = KvClient::new(ch.clone());
-    const VALUE_BYTES: usize = 300_000;
     for key in ["f1", "f2", "f3"] {
         put(&mut kv, key, &vec![b'x'; VALUE_BYTES]).await;
     }
@@ -575,4 +616,17 @@ async fn fragmented_responses_are_split_under_the_request_limit() {
     }
     assert_eq!(sizes, vec![2, 1]);
     assert_eq!(keys, vec![b"f1".to_vec(), b"f2".to_vec(), b"f3".to_vec()]);
+}
+
+/// Regression: an open Watch stream never ends by itself, and tonic's graceful shutdown waits
+/// for every stream, so SIGTERM hung until the hub learned to end its streams.
+#[test]
+fn sigterm_ends_open_watch_streams() {
+    let (dir, mut s) = server(&[]);
+    let ep = s.endpoint();
+    let w = Watching::start(dir.path(), "open", &ep, &["k", "--rev", "1"]);
+    ok(&ep, &["put", "k", "v"]);
+    assert_eq!(w.wait_lines(3), "PUT\nk\nv\n");
+    // stop_with panics if the server is still up after its bound.
+    s.stop_with(libc::SIGTERM);
 }

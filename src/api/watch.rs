@@ -22,9 +22,7 @@ use prost::Message;
 use ringkv_proto::etcdserverpb::watch_create_request::FilterType;
 use ringkv_proto::etcdserverpb::watch_request::RequestUnion;
 use ringkv_proto::etcdserverpb::watch_server::Watch;
-use ringkv_proto::etcdserverpb::{
-    ResponseHeader, WatchCreateRequest, WatchRequest, WatchResponse,
-};
+use ringkv_proto::etcdserverpb::{ResponseHeader, WatchCreateRequest, WatchRequest, WatchResponse};
 use ringkv_proto::mvccpb;
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
@@ -82,9 +80,9 @@ impl Watch for WatchService {
 struct Options {
     prev_kv: bool,
     fragment: bool,
-    progress_notify: bool,
-    /// No events sent since the last progress tick (etcd's `progress[id]`).
-    idle: bool,
+    /// `Some` if the watcher asked for progress notifications: whether no events were sent
+    /// to it since the last progress tick (etcd's `progress[id]`).
+    progress_idle: Option<bool>,
 }
 
 /// The client went away; the stream is over.
@@ -238,8 +236,7 @@ impl Session {
                     Options {
                         prev_kv: create.prev_kv,
                         fragment: create.fragment,
-                        progress_notify: create.progress_notify,
-                        idle: true,
+                        progress_idle: create.progress_notify.then_some(true),
                     },
                 );
                 WatchResponse {
@@ -266,12 +263,14 @@ impl Session {
     async fn progress_tick(&mut self) -> Result<(), Closed> {
         let mut due = Vec::new();
         for (&watch_id, options) in &mut self.options {
-            if options.progress_notify && options.idle {
+            if options.progress_idle == Some(true) {
                 if let Some(rev) = self.stream.watcher_progress(watch_id) {
                     due.push((watch_id, rev));
                 }
             }
-            options.idle = true;
+            if let Some(idle) = &mut options.progress_idle {
+                *idle = true;
+            }
         }
         due.sort_unstable();
         for (watch_id, rev) in due {
@@ -290,7 +289,9 @@ impl Session {
             // Canceled after the hub handed the delivery over.
             return Ok(());
         };
-        options.idle = false;
+        if let Some(idle) = &mut options.progress_idle {
+            *idle = false;
+        }
         let options = *options;
         let events = delivery
             .events
@@ -318,11 +319,7 @@ impl Session {
             EventKind::Put => mvccpb::event::EventType::Put,
             EventKind::Delete => mvccpb::event::EventType::Delete,
         };
-        let prev_kv = if prev_kv {
-            self.prev_kv(&event)
-        } else {
-            None
-        };
+        let prev_kv = if prev_kv { self.prev_kv(&event) } else { None };
         mvccpb::Event {
             r#type: r#type as i32,
             kv: Some(to_pb(event.kv)),

@@ -107,8 +107,8 @@ pub fn run(config: &Config) -> Result<(), ServerError> {
     // Before the applier, so the hub has dispatched exactly what MVCC holds when it starts.
     let hub = Hub::new(mvcc.clone(), WatchConfig::default());
     let hook_hub = hub.clone();
-    let applier = Applier::new(mvcc.clone())
-        .with_commit_hook(Box::new(move |rev| hook_hub.committed(rev)));
+    let applier =
+        Applier::new(mvcc.clone()).with_commit_hook(Box::new(move |rev| hook_hub.committed(rev)));
     // Returns once the WAL is replayed into MVCC and this member leads.
     let handle = raft::start(
         raft_config(config, &wal_dir, ids),

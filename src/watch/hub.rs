@@ -26,7 +26,10 @@ pub struct Delivery {
 pub enum CatchUp {
     Events(Delivery),
     /// The watcher needed revisions compaction removed; it is gone from the hub.
-    Compacted { watch_id: i64, compact_revision: i64 },
+    Compacted {
+        watch_id: i64,
+        compact_revision: i64,
+    },
 }
 
 /// A new watcher's id and the revision its creation response carries.
@@ -138,7 +141,9 @@ impl Hub {
                 Err(error) => {
                     // Synced watchers that needed these revisions will read them in catch-up,
                     // which reports a lasting failure to their streams.
-                    eprintln!("ringkv: warning: watch: cannot read revisions {from}..={rev}: {error}");
+                    eprintln!(
+                        "ringkv: warning: watch: cannot read revisions {from}..={rev}: {error}"
+                    );
                     None
                 }
             }

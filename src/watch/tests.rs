@@ -309,7 +309,10 @@ fn compacted_history_ends_the_watcher() {
     };
     assert_eq!(d.watch_id, at);
     assert_eq!(
-        d.events.iter().map(|e| e.kv.mod_revision).collect::<Vec<_>>(),
+        d.events
+            .iter()
+            .map(|e| e.kv.mod_revision)
+            .collect::<Vec<_>>(),
         vec![4, 5]
     );
     assert_eq!(stream.cancel(old), None, "a compacted watcher is gone");
@@ -380,12 +383,22 @@ fn catch_up_waits_for_a_watchers_queued_deliveries() {
     let r5 = h.put("k", "5"); // overflows: unsynced at r5 with r3, r4 queued
     assert!(stream.has_unsynced());
     assert_eq!(stream.catch_up_job()().unwrap(), vec![]);
-    let queued: Vec<i64> = stream.take_queued().iter().map(|d| d.header_revision).collect();
+    let queued: Vec<i64> = stream
+        .take_queued()
+        .iter()
+        .map(|d| d.header_revision)
+        .collect();
     assert_eq!(queued, vec![r3, r4]);
     let out = stream.catch_up_job()().unwrap();
     let [CatchUp::Events(d)] = out.as_slice() else {
         panic!("{out:?}")
     };
-    assert_eq!(d.events.iter().map(|e| e.kv.mod_revision).collect::<Vec<_>>(), vec![r5]);
+    assert_eq!(
+        d.events
+            .iter()
+            .map(|e| e.kv.mod_revision)
+            .collect::<Vec<_>>(),
+        vec![r5]
+    );
     assert!(r2 < r3);
 }
