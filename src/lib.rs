@@ -16,3 +16,4 @@ pub mod raft;
 pub mod server;
 pub mod snapshot;
 pub mod wal;
+pub mod watch;

@@ -13,6 +13,7 @@ pub mod maintenance;
 pub mod quota;
 pub mod traffic;
 pub mod validate;
+pub mod watch;
 
 use std::sync::Arc;
 

@@ -36,6 +36,10 @@ use crate::mvcc::{Mvcc, MvccBatch};
 use entry::{Outcome, OutcomeResult, Proposal, ProposalRequest};
 use exec::{ExecError, ExecResult, WriteAt};
 
+/// Told, after every page-store commit the applier makes, the store's current revision: every
+/// revision up to it is now visible to readers (the watch hub reads them from there).
+pub type CommitHook = Box<dyn FnMut(i64) + Send>;
+
 /// Applies committed entries in index order.
 pub struct Applier {
     mvcc: Mvcc,
@@ -43,6 +47,7 @@ pub struct Applier {
     compactor: Compactor,
     guard: alarm::Guard,
     lessor: Arc<Lessor>,
+    on_commit: Option<CommitHook>,
 }
 
 impl Applier {
@@ -67,6 +72,7 @@ impl Applier {
             compactor,
             guard,
             lessor,
+            on_commit: None,
         }
     }
 
@@ -78,6 +84,14 @@ impl Applier {
     /// The leases this applier maintains; the API reads and renews them.
     pub fn lessor(&self) -> &Arc<Lessor> {
         &self.lessor
+    }
+
+    /// Calls `hook` after every commit, on the applying thread, before the entries' replies are
+    /// returned; it must not block for long (it holds up the raft loop).
+    #[must_use]
+    pub fn with_commit_hook(mut self, hook: CommitHook) -> Applier {
+        self.on_commit = Some(hook);
+        self
     }
 
     /// The last applied entry; durable (it is the page store's consistent index).
@@ -159,6 +173,9 @@ impl Applier {
             fatal(index, &error);
         }
         self.applied_index = index;
+        if let Some(hook) = &mut self.on_commit {
+            hook(self.mvcc.current_revision());
+        }
     }
 
     fn compact_entry(&mut self, index: u64, req: &CompactionRequest) -> Outcome {

@@ -22,6 +22,7 @@ use ringkv_proto::etcdserverpb::cluster_server::ClusterServer;
 use ringkv_proto::etcdserverpb::kv_server::KvServer;
 use ringkv_proto::etcdserverpb::lease_server::LeaseServer;
 use ringkv_proto::etcdserverpb::maintenance_server::MaintenanceServer;
+use ringkv_proto::etcdserverpb::watch_server::WatchServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
@@ -32,6 +33,7 @@ use crate::lease::{LeaseConfig, LeaseError, Lessor, MonotonicClock};
 use crate::mvcc::{Mvcc, MvccError};
 use crate::page_store::{PageStore, PageStoreConfig, PageStoreError};
 use crate::raft::{self, RaftConfig, RaftError};
+use crate::watch::{Hub, WatchConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -111,7 +113,11 @@ pub fn run(config: &Config) -> Result<(), ServerError> {
     );
     let lessor = Arc::new(Lessor::open(&mvcc, Arc::new(MonotonicClock))?);
     eprintln!("ringkv: info: loaded {} leases", lessor.len());
-    let mut applier = Applier::with_lessor(mvcc.clone(), lessor.clone());
+    // Before the applier, so the hub has dispatched exactly what MVCC holds when it starts.
+    let hub = Hub::new(mvcc.clone(), WatchConfig::default());
+    let hook_hub = hub.clone();
+    let mut applier = Applier::with_lessor(mvcc.clone(), lessor.clone())
+        .with_commit_hook(Box::new(move |rev| hook_hub.committed(rev)));
     applier.set_quota_backend_bytes(config.quota_backend_bytes);
     // Returns once the WAL is replayed into MVCC and this member leads.
     let handle = raft::start(
@@ -148,7 +154,7 @@ pub fn run(config: &Config) -> Result<(), ServerError> {
     // Dropped with the runtime; a revoke it has in flight then fails with "stopped".
     runtime.spawn(api::lease::run_expiry(ctx.clone(), lease_config.clone()));
     let member = local_member(config, ids);
-    let served = runtime.block_on(serve(config, ctx, ids, &lease_config, member));
+    let served = runtime.block_on(serve(config, ctx, hub, ids, &lease_config, member));
     // Everything acknowledged is already durable; this stops the loop and the WAL writer.
     log.handle.shutdown();
     served?;
@@ -210,6 +216,7 @@ fn page_store_config(config: &Config) -> PageStoreConfig {
 async fn serve(
     config: &Config,
     ctx: Arc<Context>,
+    hub: Arc<Hub>,
     ids: ids::Ids,
     lease_config: &LeaseConfig,
     member: api::cluster::LocalMember,
@@ -244,6 +251,9 @@ async fn serve(
         let maintenance =
             MaintenanceServer::new(api::maintenance::MaintenanceService::new(ctx.clone()))
                 .max_decoding_message_size(max_decoding);
+        let watch = WatchServer::new(api::watch::WatchService::new(ctx.clone(), hub.clone()))
+            .max_decoding_message_size(max_decoding)
+            .max_encoding_message_size(usize::MAX);
         let lease = LeaseServer::new(api::lease::LeaseService::new(
             ctx.clone(),
             lease_config.clone(),
@@ -259,6 +269,7 @@ async fn serve(
             .add_service(api::limit::GrpcGoLimitStatus(kv))
             .add_service(api::limit::GrpcGoLimitStatus(maintenance))
             .add_service(api::limit::GrpcGoLimitStatus(lease))
+            .add_service(api::limit::GrpcGoLimitStatus(watch))
             .add_service(api::limit::GrpcGoLimitStatus(cluster));
         // Paths no gRPC service claims go to the HTTP endpoints; HTTP/1.1 is accepted for them.
         let routes = api::http::with_fallback(routes.routes(), http.clone());
@@ -285,6 +296,7 @@ async fn serve(
     let signal = wait_for_signal().await;
     eprintln!("ringkv: info: received {signal}, shutting down");
     let _ = stop_tx.send(true);
+    hub.stop();
     let mut first_error = None;
     // Graceful shutdown waits for every connection to finish; a client that never does (a
     // half-sent HTTP/1.1 request, an HTTP/2 peer ignoring GOAWAY) must not keep the server up.
