@@ -6,6 +6,10 @@ use std::process::ExitCode;
 
 use ringkv::config::{self, ConfigError, Invocation, LogLevel, API_VERSION};
 
+/// See the `mimalloc` entry in Cargo.toml for why the binary does not use the system allocator.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     ignore_empty_etcd_env();
     let cores = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);

@@ -197,6 +197,9 @@ fn run(seed: u64) {
                 published = Published::new(ci, &model);
             }
             70..=74 => {
+                if rng.gen_bool(0.5) {
+                    store.prepare_spare_segment().unwrap();
+                }
                 store.checkpoint().unwrap();
                 assert_eq!(store.durable_consistent_index(), ci);
                 published = Published::new(ci, &model);
@@ -234,7 +237,12 @@ fn run(seed: u64) {
                             Err(e) => Err(e),
                         }
                     }
-                    70..=84 => store.checkpoint().map(|()| true),
+                    70..=79 => store.checkpoint().map(|()| true),
+                    // A spare segment changes no contents; it is deleted at open if unused.
+                    80..=84 => store
+                        .prepare_spare_segment()
+                        .and_then(|()| store.checkpoint())
+                        .map(|()| true),
                     _ => store.clean(2).map(|_| true),
                 };
                 let durable_ok = matches!(outcome, Ok(true));
@@ -260,7 +268,10 @@ fn run(seed: u64) {
                     .states
                     .get(&got)
                     .unwrap_or_else(|| panic!("recovered consistent index {got} never published"));
-                assert!(&recovered == want, "recovered state differs from the one published");
+                assert!(
+                    &recovered == want,
+                    "recovered state differs from the one published"
+                );
                 count(match (op, &outcome, got == new_ci) {
                     (0..=69, Ok(true), _) => 0,
                     (0..=69, Err(_), false) => 1,

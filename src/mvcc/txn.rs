@@ -147,7 +147,9 @@ impl<'a> MvccBatch<'a> {
         if changed {
             // Only now, after the page-store commit and still under the writer lock (dropped
             // on return): readers never see part of a batch.
-            self.inner.current_rev.store(self.last_rev, Ordering::Release);
+            self.inner
+                .current_rev
+                .store(self.last_rev, Ordering::Release);
         }
         Ok(self.last_rev)
     }

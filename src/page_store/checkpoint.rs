@@ -38,10 +38,7 @@ pub(crate) struct Pending {
 
 impl Pending {
     pub fn get(&self, id: u64) -> Option<Arc<Page>> {
-        self.live
-            .get(&id)
-            .or_else(|| self.dead.get(&id))
-            .cloned()
+        self.live.get(&id).or_else(|| self.dead.get(&id)).cloned()
     }
 
     pub fn bytes(&self) -> usize {
@@ -246,7 +243,7 @@ impl Inner {
 }
 
 /// A thread that checkpoints every `checkpoint_interval`, or sooner when the unwritten pages
-/// reach half of `dirty_bytes_max`. It stops at the first error (the store is then poisoned,
+/// reach half of `dirty_bytes_max`, and keeps a spare segment ready for the writer. It stops at the first error (the store is then poisoned,
 /// and the next publish fails), which `stop` returns.
 pub struct BackgroundCheckpointer {
     stop: Arc<Mutex<bool>>,
@@ -281,6 +278,11 @@ impl PageStore {
                         if let Err(e) = inner.checkpoint() {
                             eprintln!("ringkv: error: page store checkpoint failed: {e}");
                             return Err(e);
+                        }
+                        // A failure only means the writer creates its next segment itself
+                        // (and meets the error there, which poisons the store).
+                        if let Err(e) = inner.prepare_spare_segment() {
+                            eprintln!("ringkv: warning: preparing a spare segment failed: {e}");
                         }
                     }
                 })

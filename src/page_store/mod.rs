@@ -179,7 +179,9 @@
 //!   Reclamation), then sync the directory.
 //!
 //! The background checkpointer (`spawn_checkpointer`) runs every `checkpoint_interval`, or
-//! sooner once the unwritten pages reach half of `dirty_bytes_max`; a publish that finds them
+//! sooner once the unwritten pages reach half of `dirty_bytes_max`, and after each checkpoint
+//! creates a spare segment (written, synced, named in the synced directory, but in no root and
+//! not yet in the segment table) that P1 takes instead of creating one; a publish that finds them
 //! at `dirty_bytes_max` runs a checkpoint itself before returning (the memory bound). A page
 //! rewritten by many publishes between two checkpoints is written once.
 //!
@@ -467,6 +469,12 @@ impl PageStore {
     /// Returns after the superblock's fdatasync. Readers and the writer go on meanwhile.
     pub fn checkpoint(&self) -> Result<()> {
         self.inner.checkpoint().map(|_| ())
+    }
+
+    /// Creates the next segment ahead of need (the background checkpointer does this after
+    /// each checkpoint), so that the publish that fills the active segment does no I/O.
+    pub fn prepare_spare_segment(&self) -> Result<()> {
+        self.inner.prepare_spare_segment()
     }
 
     /// Bytes of published pages not yet written (at most about `dirty_bytes_max`).

@@ -81,6 +81,8 @@ pub(crate) struct WriterState {
     pub active: u32,
     pub active_file: Arc<dyn DiskFile>,
     pub active_pages: u32,
+    /// A segment created and synced ahead of need (`prepare_spare_segment`), not yet active.
+    pub spare: Option<(u32, Arc<dyn DiskFile>)>,
 }
 
 impl PageSource for Inner {
@@ -306,6 +308,7 @@ impl Inner {
                 active: 0,
                 active_file: superblock.clone(),
                 active_pages: 0,
+                spare: None,
             }),
             cleaner: Mutex::new(()),
             checkpoint: Mutex::new(CheckpointState {
@@ -377,17 +380,18 @@ impl Inner {
     /// that commits overwrite blocks that are already allocated and written: their fdatasync
     /// then flushes data only, with no file-size or extent change for the filesystem journal
     /// to commit. See "Preallocation" in the module doc.
+    ///
+    /// The spare segment the checkpointer prepared, if any, is taken instead: then a publish
+    /// that fills a segment does no I/O for the next one.
     fn start_segment(&self, ws: &mut WriterState, generation: u64) -> Result<()> {
-        let id = ws.next_segment;
-        let file = self.disk.open(&segment_file_name(id))?;
-        write_preallocated(
-            &*file,
-            &segment_header_page(id, generation),
-            self.config.segment_bytes,
-        )?;
-        file.sync_data()?;
-        self.disk.sync_dir()?;
-        ws.next_segment += 1;
+        let (id, file) = match ws.spare.take() {
+            Some(spare) => spare,
+            None => {
+                let id = ws.next_segment;
+                ws.next_segment += 1;
+                (id, self.create_segment(id, generation)?)
+            }
+        };
         ws.active = id;
         ws.active_file = file.clone();
         ws.active_pages = 1;
@@ -402,6 +406,40 @@ impl Inner {
                 dead_since: None,
             },
         );
+        Ok(())
+    }
+
+    /// Writes segment `id` whole (header, zeros) and makes it and its name durable.
+    fn create_segment(&self, id: u32, generation: u64) -> Result<Arc<dyn DiskFile>> {
+        let file = self.disk.open(&segment_file_name(id))?;
+        write_preallocated(
+            &*file,
+            &segment_header_page(id, generation),
+            self.config.segment_bytes,
+        )?;
+        file.sync_data()?;
+        self.disk.sync_dir()?;
+        Ok(file)
+    }
+
+    /// Creates the next segment ahead of need, outside the writer lock, so that the publish
+    /// that fills the active segment does not wait for 8 MiB of zeros and two syncs. Until a
+    /// publish takes it, the spare is in no root and not in the segment table: a crash leaves
+    /// an unreferenced segment, deleted at open (crash case 5).
+    pub fn prepare_spare_segment(&self) -> Result<()> {
+        let (id, generation) = {
+            let mut ws = self.writer.lock();
+            if ws.spare.is_some() || self.poisoned.load(Ordering::Acquire) {
+                return Ok(());
+            }
+            let id = ws.next_segment;
+            ws.next_segment += 1;
+            (id, ws.generation)
+        };
+        let file = self.create_segment(id, generation)?;
+        let mut ws = self.writer.lock();
+        assert!(ws.spare.is_none(), "one thread prepares spares");
+        ws.spare = Some((id, file));
         Ok(())
     }
 
