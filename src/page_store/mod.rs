@@ -123,7 +123,8 @@
 //!   `file_bytes` is its full size from creation, so an abandoned, mostly-zero segment has a
 //!   low live share and the cleaner picks it early.
 //! - The cost: a segment's bytes are written twice (zeros, then pages), in one large
-//!   sequential write at segment creation, inside the commit that fills the previous segment.
+//!   sequential write at segment creation: on the checkpoint thread ahead of need (the spare
+//!   segment), or inside the publish that fills the previous segment when no spare is ready.
 //!
 //! ## Limits and alignment
 //! - Keys up to 3072 bytes (`MAX_KEY_BYTES`, else `KeyTooLarge`), always inline in leaves, so

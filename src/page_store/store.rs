@@ -384,13 +384,12 @@ impl Inner {
     /// The spare segment the checkpointer prepared, if any, is taken instead: then a publish
     /// that fills a segment does no I/O for the next one.
     fn start_segment(&self, ws: &mut WriterState, generation: u64) -> Result<()> {
-        let (id, file) = match ws.spare.take() {
-            Some(spare) => spare,
-            None => {
-                let id = ws.next_segment;
-                ws.next_segment += 1;
-                (id, self.create_segment(id, generation)?)
-            }
+        let (id, file) = if let Some(spare) = ws.spare.take() {
+            spare
+        } else {
+            let id = ws.next_segment;
+            ws.next_segment += 1;
+            (id, self.create_segment(id, generation)?)
         };
         ws.active = id;
         ws.active_file = file.clone();
@@ -686,6 +685,9 @@ fn newest_superblock(file: &dyn DiskFile) -> Result<Option<(Superblock, u64)>> {
     Ok(best)
 }
 
+/// An overflow extent a publish writes at once: `(segment, file, offset, bytes)`.
+type ExtentWrite = (u32, Arc<dyn DiskFile>, u64, Vec<u8>);
+
 struct Written {
     root: u64,
     /// `(segment, first page, pages)` allocated by the publish, extents and tree pages.
@@ -701,8 +703,7 @@ struct SegWriter<'a> {
     ws: &'a mut WriterState,
     generation: u64,
     allocs: Vec<(u32, u32, u32)>,
-    /// Overflow extents to write now: `(segment, file, offset, bytes)`.
-    extents: Vec<(u32, Arc<dyn DiskFile>, u64, Vec<u8>)>,
+    extents: Vec<ExtentWrite>,
     new_pages: Vec<(u64, Vec<u8>)>,
     sealed: Vec<u32>,
 }
