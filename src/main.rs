@@ -7,6 +7,10 @@ use std::process::ExitCode;
 
 use ringkv::config::{self, ConfigError, Invocation, LogLevel, API_VERSION};
 
+/// See the `mimalloc` entry in Cargo.toml for why the binary does not use the system allocator.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     if std::env::args_os().nth(1).is_some_and(|a| a == "snapshot") {
         let args: Vec<String> = std::env::args_os()

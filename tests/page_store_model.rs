@@ -15,8 +15,9 @@ use ringkv::page_store::{PageStore, PageStoreConfig, PageStoreError, SimDisk, Sn
 type Model = BTreeMap<Vec<u8>, Vec<u8>>;
 
 /// How crashes ended, so a run shows it reached every case: [commit Ok, commit failed and
-/// lost, commit failed but durable, cleaner step].
-static CRASH_OUTCOMES: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
+/// lost, commit failed but durable, cleaner step, published state lost to the last durable
+/// one, published state recovered because a checkpoint covered it].
+static CRASH_OUTCOMES: [AtomicU64; 6] = [const { AtomicU64::new(0) }; 6];
 
 fn count(outcome: usize) {
     CRASH_OUTCOMES[outcome].fetch_add(1, Ordering::Relaxed);
@@ -27,6 +28,9 @@ fn config() -> PageStoreConfig {
         cache_bytes: PageStoreConfig::CACHE_BYTES_MIN,
         segment_bytes: 64 << 10,
         clean_live_percent_max: 70,
+        // Small, so that publishes run into the bound and checkpoint on their own.
+        dirty_bytes_max: 256 << 10,
+        ..PageStoreConfig::default()
     }
 }
 
@@ -117,12 +121,33 @@ fn assert_snapshot_matches(snap: &Snapshot, model: &Model, rng: &mut StdRng) {
     }
 }
 
+/// What the store may hold after a crash: the state published at each consistent index from
+/// the last one known durable on, keyed by consistent index.
+#[derive(Default)]
+struct Published {
+    states: BTreeMap<u64, Model>,
+}
+
+impl Published {
+    fn new(ci: u64, model: &Model) -> Published {
+        Published {
+            states: BTreeMap::from([(ci, model.clone())]),
+        }
+    }
+
+    /// Everything up to `ci` is durable: older states can no longer come back.
+    fn durable(&mut self, ci: u64) {
+        self.states.retain(|&c, _| c >= ci);
+    }
+}
+
 fn run(seed: u64) {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut disk = SimDisk::new();
     let mut store = PageStore::open_on(Arc::new(disk.clone()), config()).unwrap();
     let mut model = Model::new();
     let mut ci = 0u64;
+    let mut published = Published::new(0, &model);
     let mut pinned: Vec<(Snapshot, Model)> = Vec::new();
     for _step in 0..70 {
         match rng.gen_range(0..100) {
@@ -130,13 +155,23 @@ fn run(seed: u64) {
                 let mut txn = store.begin_write();
                 let mut pending = model.clone();
                 random_batch(&mut rng, &mut txn, &mut pending).unwrap();
-                if rng.gen_bool(0.85) {
-                    ci += 1;
-                    txn.commit(ci).unwrap();
-                    model = pending;
-                } else {
-                    drop(txn);
+                match rng.gen_range(0..100) {
+                    0..=44 => {
+                        ci += 1;
+                        txn.commit(ci).unwrap();
+                        model = pending;
+                        published = Published::new(ci, &model);
+                    }
+                    45..=84 => {
+                        ci += 1;
+                        txn.publish(ci).unwrap();
+                        model = pending;
+                        published.states.insert(ci, model.clone());
+                    }
+                    _ => drop(txn),
                 }
+                assert!(store.durable_consistent_index() <= store.consistent_index());
+                published.durable(store.durable_consistent_index());
             }
             50..=59 => {
                 let snap = store.snapshot();
@@ -147,7 +182,8 @@ fn run(seed: u64) {
                 }
             }
             60..=64 => {
-                // Older pinned snapshots still read what they pinned.
+                // Older pinned snapshots still read what they pinned, also pages published
+                // and superseded without ever being written.
                 for (snap, m) in &pinned {
                     assert_snapshot_matches(snap, m, &mut rng);
                 }
@@ -155,31 +191,62 @@ fn run(seed: u64) {
                     pinned.clear();
                 }
             }
-            65..=74 => {
+            65..=69 => {
                 store.clean(rng.gen_range(1..4)).unwrap();
+                assert_eq!(store.durable_consistent_index(), ci);
+                published = Published::new(ci, &model);
+            }
+            70..=74 => {
+                if rng.gen_bool(0.5) {
+                    store.prepare_spare_segment().unwrap();
+                }
+                store.checkpoint().unwrap();
+                assert_eq!(store.durable_consistent_index(), ci);
+                published = Published::new(ci, &model);
             }
             75..=79 => {
+                // A clean reopen without a checkpoint comes back at the durable state.
                 pinned.clear();
+                let durable = store.durable_consistent_index();
                 drop(store);
                 store = PageStore::open_on(Arc::new(disk.clone()), config()).unwrap();
                 store.check_integrity().unwrap();
-                assert_eq!(store.consistent_index(), ci);
+                assert_eq!(store.consistent_index(), durable);
+                ci = durable;
+                model = published.states[&ci].clone();
+                published = Published::new(ci, &model);
+                assert_snapshot_matches(&store.snapshot(), &model, &mut rng);
             }
             _ => {
                 // Crash: the disk stops after a random number of operations, in the middle of
-                // a commit or a cleaner step, and the machine loses power.
+                // a commit, a publish, a checkpoint or a cleaner step, and the machine loses
+                // power.
                 pinned.clear();
                 disk.fail_after(rng.gen_range(0..60));
                 let mut pending = model.clone();
-                let outcome = if rng.gen_bool(0.8) {
-                    let mut txn = store.begin_write();
-                    match random_batch(&mut rng, &mut txn, &mut pending) {
-                        Ok(()) => txn.commit(ci + 1).map(|()| true),
-                        Err(e) => Err(e),
+                let durable_before = store.durable_consistent_index();
+                let op = rng.gen_range(0..100);
+                let outcome = match op {
+                    0..=69 => {
+                        let mut txn = store.begin_write();
+                        let result = random_batch(&mut rng, &mut txn, &mut pending);
+                        published.states.insert(ci + 1, pending.clone());
+                        match result {
+                            Ok(()) if op < 45 => txn.commit(ci + 1).map(|()| true),
+                            Ok(()) => txn.publish(ci + 1).map(|()| false),
+                            Err(e) => Err(e),
+                        }
                     }
-                } else {
-                    store.clean(2).map(|_| false)
+                    70..=79 => store.checkpoint().map(|()| true),
+                    // A spare segment changes no contents; it is deleted at open if unused.
+                    80..=84 => store
+                        .prepare_spare_segment()
+                        .and_then(|()| store.checkpoint())
+                        .map(|()| true),
+                    _ => store.clean(2).map(|_| true),
                 };
+                let durable_ok = matches!(outcome, Ok(true));
+                let new_ci = if op < 70 { ci + 1 } else { ci };
                 drop(store);
                 let image = disk.crash_image(rng.gen());
                 store = PageStore::open_on(Arc::new(image.clone()), config())
@@ -190,35 +257,32 @@ fn run(seed: u64) {
                     .range(b"", None)
                     .map(Result::unwrap)
                     .collect();
-                match outcome {
-                    // A commit that returned Ok survives the crash.
-                    Ok(true) => {
-                        assert!(recovered == pending, "acknowledged commit lost");
-                        count(0);
-                        model = pending;
-                        ci += 1;
-                    }
-                    // A cleaner step never changes the contents.
-                    Ok(false) => {
-                        assert!(recovered == model, "cleaning changed contents");
-                        count(3);
-                    }
-                    // A commit that failed may or may not have become durable: either the state
-                    // before it or the state with it (told apart by the consistent index), nothing
-                    // else.
-                    Err(_) => {
-                        if store.consistent_index() == ci + 1 {
-                            assert!(recovered == pending, "failed commit half-applied");
-                            count(2);
-                            model = pending;
-                            ci += 1;
-                        } else {
-                            assert!(recovered == model, "failed commit left a third state");
-                            count(1);
-                        }
-                    }
+                let got = store.consistent_index();
+                assert!(got >= durable_before, "a durable state was lost");
+                if durable_ok {
+                    // A commit, checkpoint or cleaner step that returned Ok survives the crash
+                    // with everything published before it.
+                    assert_eq!(got, new_ci, "acknowledged durable state lost");
                 }
-                assert_eq!(store.consistent_index(), ci);
+                let want = published
+                    .states
+                    .get(&got)
+                    .unwrap_or_else(|| panic!("recovered consistent index {got} never published"));
+                assert!(
+                    &recovered == want,
+                    "recovered state differs from the one published"
+                );
+                count(match (op, &outcome, got == new_ci) {
+                    (0..=69, Ok(true), _) => 0,
+                    (0..=69, Err(_), false) => 1,
+                    (0..=69, Err(_), true) => 2,
+                    (85.., _, _) => 3,
+                    (_, _, false) => 4,
+                    (_, _, true) => 5,
+                });
+                ci = got;
+                model = recovered;
+                published = Published::new(ci, &model);
                 disk = image;
             }
         }
@@ -248,8 +312,12 @@ fn random_operations_and_crashes_agree_with_a_btreemap() {
         .collect();
     eprintln!(
         "crashes: {} after an Ok commit, {} failed commits lost, {} failed commits durable, \
-         {} in cleaner steps",
-        outcomes[0], outcomes[1], outcomes[2], outcomes[3]
+         {} in cleaner steps, {} published states lost, {} published states checkpointed",
+        outcomes[0], outcomes[1], outcomes[2], outcomes[3], outcomes[4], outcomes[5]
+    );
+    assert!(
+        outcomes[4] > 0,
+        "no crash lost a published state: the test did not reach that case"
     );
 }
 

@@ -24,6 +24,7 @@ fn overwriting_a_working_set_with_a_concurrent_cleaner_keeps_files_within_2x_liv
         cache_bytes: 256 << 10,
         segment_bytes: 128 << 10,
         clean_live_percent_max: 75,
+        ..PageStoreConfig::default()
     };
     let store = PageStore::open_on(Arc::new(SimDisk::new()), config).unwrap();
     let done = Arc::new(AtomicBool::new(false));
@@ -87,6 +88,7 @@ fn a_background_cleaner_keeps_up_with_a_writer() {
         cache_bytes: 256 << 10,
         segment_bytes: 128 << 10,
         clean_live_percent_max: 75,
+        ..PageStoreConfig::default()
     };
     let store = PageStore::open_on(Arc::new(SimDisk::new()), config).unwrap();
     let cleaner = store.spawn_cleaner(std::time::Duration::from_millis(1), 4);

@@ -18,6 +18,7 @@ fn a_pinned_snapshot_is_unchanged_by_10000_commits_and_a_concurrent_cleaner() {
         cache_bytes: 256 << 10,
         segment_bytes: 64 << 10,
         clean_live_percent_max: 80,
+        ..PageStoreConfig::default()
     };
     let store = PageStore::open_on(Arc::new(SimDisk::new()), config).unwrap();
     let mut txn = store.begin_write();
@@ -132,6 +133,7 @@ fn fresh_snapshots_on_many_threads_see_whole_commits_while_the_cleaner_runs() {
         cache_bytes: 128 << 10,
         segment_bytes: 32 << 10,
         clean_live_percent_max: 80,
+        ..PageStoreConfig::default()
     };
     let store = PageStore::open_on(Arc::new(SimDisk::new()), config).unwrap();
     let stop = Arc::new(AtomicBool::new(false));

@@ -3,13 +3,22 @@
 //!
 //! The entries of one `apply_entries` call share one MVCC batch: each entry that changes the
 //! store is one write transaction of the batch (its own main revision, as if applied alone), and
-//! the batch is one page-store commit recording the last entry's index as the consistent index.
-//! So after a crash `applied_index` is exactly what the store holds (a batch is durable whole or
-//! not at all), and replaying the WAL from there is idempotent. Nothing of a batch is visible to
-//! readers before its commit, and replies are returned after it. An entry that is refused
-//! (`ApplyError`; its writes, if any, are rolled back) or empty changes nothing and takes no
-//! revision; its index is recorded by the batch's commit all the same, so `applied_index` is
-//! always the durable consistent index (the raft log may be compacted up to it).
+//! the batch is one page-store publish recording the last entry's index as the consistent index.
+//! Nothing of a batch is visible to readers before its publish, and replies are returned after
+//! it. An entry that is refused (`ApplyError`; its writes, if any, are rolled back) or empty
+//! changes nothing and takes no revision; its index is recorded by the batch's publish all the
+//! same.
+//!
+//! # Applied versus durable
+//!
+//! A publish is visible at once but durable only at the page store's next checkpoint (a
+//! background thread, every `checkpoint_interval`, as etcd commits its backend every 100 ms):
+//! the entries are already durable in the WAL, so the apply path waits for no fdatasync of its
+//! own. `applied_index` is the last published index (what readers see); `durable_index` is the
+//! last checkpointed one (what a crash recovers: a checkpoint is durable whole or not at all).
+//! The raft log, and the WAL under it, may be compacted only up to `durable_index`; after a
+//! crash the store reopens at `durable_index` and raft replays the entries above it, which
+//! apply is idempotent for.
 //!
 //! A compaction entry ends the batch before it: compaction takes MVCC's writer lock and commits
 //! its logical step with its own index, and its revision checks must see every earlier entry.
@@ -32,6 +41,7 @@ use std::sync::Arc;
 
 use crate::lease::{self as lessor, Lessor, MonotonicClock};
 use crate::mvcc::{Mvcc, MvccBatch};
+use crate::page_store::BackgroundCheckpointer;
 
 use entry::{Outcome, OutcomeResult, Proposal, ProposalRequest};
 use exec::{ExecError, ExecResult, WriteAt};
@@ -48,6 +58,8 @@ pub struct Applier {
     guard: alarm::Guard,
     lessor: Arc<Lessor>,
     on_commit: Option<CommitHook>,
+    /// Makes published batches durable; its drop (the applier's) checkpoints a last time.
+    _checkpointer: BackgroundCheckpointer,
 }
 
 impl Applier {
@@ -66,6 +78,7 @@ impl Applier {
         let applied_index = mvcc.page_store().consistent_index();
         let compactor = Compactor::spawn(mvcc.clone());
         let guard = alarm::Guard::load(&mvcc);
+        let checkpointer = mvcc.page_store().spawn_checkpointer();
         Applier {
             mvcc,
             applied_index,
@@ -73,6 +86,7 @@ impl Applier {
             guard,
             lessor,
             on_commit: None,
+            _checkpointer: checkpointer,
         }
     }
 
@@ -94,9 +108,15 @@ impl Applier {
         self
     }
 
-    /// The last applied entry; durable (it is the page store's consistent index).
+    /// The last applied entry: visible to readers, durable once `durable_index` reaches it.
     pub fn applied_index(&self) -> u64 {
         self.applied_index
+    }
+
+    /// The last entry a crash would not lose from the store: the page store's durable
+    /// consistent index (at most `applied_index`).
+    pub fn durable_index(&self) -> u64 {
+        self.mvcc.page_store().durable_consistent_index()
     }
 
     /// Applies the entry at `index` (which must follow `applied_index`) and returns its encoded
@@ -108,9 +128,10 @@ impl Applier {
     }
 
     /// Applies `(index, data)` entries in ascending index order in one MVCC batch (one
-    /// page-store commit, plus one per compaction entry) and returns each entry's encoded
+    /// page-store publish, plus one per compaction entry) and returns each entry's encoded
     /// `Outcome`. An entry at or below `applied_index` is already in the store: it is skipped
-    /// and answered with an empty outcome. Returns once every entry is durable and visible.
+    /// and answered with an empty outcome. Returns once every entry is visible (durable in the
+    /// WAL already; in the store at the next checkpoint).
     pub fn apply_entries<'d>(
         &mut self,
         entries: impl IntoIterator<Item = (u64, &'d [u8])>,
@@ -167,11 +188,12 @@ impl Applier {
         outcomes
     }
 
-    /// Commits the batch with `index`, its last entry, which is then applied.
+    /// Publishes the batch with `index`, its last entry, which is then applied.
     fn finish(&mut self, batch: MvccBatch<'_>, index: u64) {
-        if let Err(error) = batch.finish(index) {
+        if let Err(error) = batch.publish(index) {
             fatal(index, &error);
         }
+        // The batch is visible to readers from here on: watchers may be told.
         self.applied_index = index;
         if let Some(hook) = &mut self.on_commit {
             hook(self.mvcc.current_revision());

@@ -444,3 +444,46 @@ fn entries_of_one_apply_share_a_commit_but_not_a_revision() {
     assert_eq!(h.mvcc.page_store().consistent_index(), last);
     h.mvcc.check_integrity().unwrap();
 }
+
+/// Applying publishes without waiting for a page-store fdatasync: the applied index is visible
+/// at once, the durable index (the only one the raft log may be compacted to) follows at the
+/// next checkpoint, and a crash before it recovers the durable index, from which the same
+/// entries re-apply to the same revisions.
+#[test]
+fn applied_is_visible_at_once_and_durable_at_the_checkpoint() {
+    let disk = SimDisk::new();
+    let config = PageStoreConfig {
+        // Long enough that the background checkpointer does not run during the test.
+        checkpoint_interval: std::time::Duration::from_secs(3600),
+        ..PageStoreConfig::default()
+    };
+    let open = |disk: &SimDisk| {
+        let store = PageStore::open_on(Arc::new(disk.clone()), config.clone()).unwrap();
+        let mvcc = Mvcc::open(store).unwrap();
+        (mvcc.clone(), Applier::new(mvcc))
+    };
+    let entry = |key: &str| Proposal::new(ProposalRequest::Put(put_req(key, "v"))).encode_to_vec();
+    let (mvcc, mut applier) = open(&disk);
+    applier.apply_entries([(1, entry("a").as_slice()), (2, entry("b").as_slice())]);
+    mvcc.page_store().checkpoint().unwrap();
+    assert_eq!(applier.durable_index(), 2);
+    applier.apply_entries([(3, entry("c").as_slice()), (4, entry("d").as_slice())]);
+    assert_eq!(applier.applied_index(), 4);
+    assert_eq!(applier.durable_index(), 2, "no checkpoint ran");
+    assert_eq!(mvcc.current_revision(), 5, "published entries are visible");
+
+    // Power loss: only the checkpoint survives; the entries above it apply again.
+    let image = disk.crash_image(1);
+    drop(applier);
+    let (mvcc, mut applier) = open(&image);
+    assert_eq!(applier.applied_index(), 2);
+    assert_eq!(mvcc.current_revision(), 3);
+    applier.apply_entries([(3, entry("c").as_slice()), (4, entry("d").as_slice())]);
+    assert_eq!(mvcc.current_revision(), 5);
+    drop(applier);
+    assert_eq!(
+        mvcc.page_store().durable_consistent_index(),
+        4,
+        "dropping the applier checkpoints"
+    );
+}

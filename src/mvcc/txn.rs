@@ -107,27 +107,51 @@ impl<'a> MvccBatch<'a> {
         self.last_rev
     }
 
-    /// Commits every revision of the batch in one page-store commit recording
+    /// Commits every revision of the batch in one durable page-store commit recording
     /// `consistent_index`, then publishes the last revision to readers; returns it (the
     /// unchanged current revision if no scope changed anything).
-    pub fn finish(mut self, consistent_index: u64) -> Result<i64> {
+    pub fn finish(self, consistent_index: u64) -> Result<i64> {
+        self.end(consistent_index, true)
+    }
+
+    /// `finish` without waiting for durability: every revision of the batch is visible to
+    /// readers when this returns, and durable at the page store's next checkpoint (its
+    /// `durable_consistent_index` then reaches `consistent_index`). A crash before that
+    /// recovers the previous checkpoint; the caller redoes the rest (ringkv replays the WAL).
+    pub fn publish(self, consistent_index: u64) -> Result<i64> {
+        self.end(consistent_index, false)
+    }
+
+    fn end(mut self, consistent_index: u64, durable: bool) -> Result<i64> {
         assert!(
             !self.poisoned,
             "a batch scope was dropped with changes it neither ended nor rolled back"
         );
-        if self.last_rev == self.committed_rev {
-            if consistent_index != self.snap.consistent_index() {
-                self.txn.commit(consistent_index)?;
+        let changed = self.last_rev != self.committed_rev;
+        if changed {
+            self.txn.put(META_CURRENT_REV, &encode_i64(self.last_rev))?;
+        } else if consistent_index == self.snap.consistent_index() {
+            // Nothing to publish; a durable finish still makes earlier publishes durable.
+            if durable {
+                // The checkpoint takes the page store's writer, which `txn` holds.
+                drop(self.txn);
+                self.inner.store.checkpoint()?;
             }
             return Ok(self.committed_rev);
         }
-        let rev = self.last_rev;
-        self.txn.put(META_CURRENT_REV, &encode_i64(rev))?;
-        self.txn.commit(consistent_index)?;
-        // Only now, after the durable commit and still under the writer lock (dropped on
-        // return): readers never see a revision that is not durable, nor part of a batch.
-        self.inner.current_rev.store(rev, Ordering::Release);
-        Ok(rev)
+        if durable {
+            self.txn.commit(consistent_index)?;
+        } else {
+            self.txn.publish(consistent_index)?;
+        }
+        if changed {
+            // Only now, after the page-store commit and still under the writer lock (dropped
+            // on return): readers never see part of a batch.
+            self.inner
+                .current_rev
+                .store(self.last_rev, Ordering::Release);
+        }
+        Ok(self.last_rev)
     }
 
     /// Writes `key -> value` in a table MVCC does not own (first byte at least

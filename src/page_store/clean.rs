@@ -39,8 +39,8 @@ impl Inner {
             segments_cleaned: victims.len() as u64,
             ..CleanReport::default()
         };
-        let mut ws = self.writer.lock();
         if !victims.is_empty() {
+            let mut ws = self.writer.lock();
             let (mut tree, consistent_index) = {
                 let c = self.committed.lock();
                 (Tree::new(c.root, c.height, c.entries), c.consistent_index)
@@ -48,7 +48,7 @@ impl Inner {
             for f in found {
                 report.pages_moved += u64::from(self.relocate(&mut tree, f)?);
             }
-            report.bytes_freed += self.commit(&mut ws, tree, consistent_index)?;
+            report.bytes_freed += self.publish(&mut ws, tree, consistent_index)?;
             let segs = self.segments.read();
             for (seg, ..) in &victims {
                 if let Some(s) = segs.get(seg).filter(|s| s.live_bytes != 0) {
@@ -63,18 +63,27 @@ impl Inner {
                 }
             }
         }
-        report.bytes_freed += self.reclaim_dead(&mut ws)?;
+        // The victims are deleted once a durable root no longer reaches them: checkpoint now
+        // rather than hold their space until the next one.
+        report.bytes_freed += self.checkpoint()?;
+        report.bytes_freed += self.reclaim_dead(&mut self.writer.lock())?;
         Ok(report)
     }
 
-    /// Sealed segments below the live threshold, least live first.
+    /// Sealed segments below the live threshold, least live first. A segment with live pages
+    /// no checkpoint has written yet is skipped: scanning reads the segment from disk.
     fn pick_victims(&self, max_segments: usize) -> Vec<(u32, Arc<dyn DiskFile>, u32)> {
         let pct = u64::from(self.config.clean_live_percent_max);
+        let _writer = self.writer.lock();
+        let pending = self.pending.lock();
         let segs = self.segments.read();
         let mut candidates: Vec<_> = segs
             .iter()
-            .filter(|(_, s)| {
-                s.sealed && s.dead_since.is_none() && s.live_bytes * 100 < s.file_bytes * pct
+            .filter(|(&id, s)| {
+                s.sealed
+                    && s.dead_since.is_none()
+                    && s.live_bytes * 100 < s.file_bytes * pct
+                    && !pending.has_live_in(id)
             })
             .map(|(&id, s)| (s.live_bytes * 1000 / s.file_bytes.max(1), id))
             .collect();

@@ -229,12 +229,6 @@ pub struct Superblock {
 }
 
 impl Superblock {
-    /// Slot the superblock of generation `generation` is written to: generations alternate, so
-    /// a torn write can only destroy the slot being written, never the previous root.
-    pub fn slot(generation: u64) -> u64 {
-        generation % 2
-    }
-
     pub fn encode(&self) -> Vec<u8> {
         let mut b = vec![0u8; PAGE_BYTES];
         b[4..8].copy_from_slice(&SUPERBLOCK_MAGIC.to_le_bytes());

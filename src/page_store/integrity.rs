@@ -19,7 +19,10 @@ struct Walk {
 impl Inner {
     pub fn check_integrity(&self) -> Result<()> {
         let _cleaner = self.cleaner.lock();
-        let _writer = self.writer.lock();
+        let mut cp = self.checkpoint.lock();
+        let mut ws = self.writer.lock();
+        // What is checked is read from disk: make all of it durable first.
+        self.checkpoint_locked(&mut cp, &mut ws)?;
         let c = self.committed.lock().clone();
         let mut walk = Walk {
             generation: c.generation,

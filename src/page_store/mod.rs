@@ -92,7 +92,9 @@
 //!  40                 48              52                56        64..96
 //!  | consistent index | active segment| active end page | entries | zero |
 //! ```
-//! - `crc`: CRC32C of bytes 4..96. Slot `generation % 2` is written by generation `generation`.
+//! - `crc`: CRC32C of bytes 4..96. Checkpoints alternate slots: each writes the slot not
+//!   holding the newest durable superblock; recovery takes the valid slot with the higher
+//!   generation. Generations are those of published roots, so durable ones may skip values.
 //! - `root id` 0 with `height` 0 is the empty tree; `height` 1 is a lone leaf.
 //! - `active segment`/`active end page`: where the log tail was (diagnostics: recovery starts a
 //!   new segment instead of trusting anything past the durable root).
@@ -121,7 +123,8 @@
 //!   `file_bytes` is its full size from creation, so an abandoned, mostly-zero segment has a
 //!   low live share and the cleaner picks it early.
 //! - The cost: a segment's bytes are written twice (zeros, then pages), in one large
-//!   sequential write at segment creation, inside the commit that fills the previous segment.
+//!   sequential write at segment creation: on the checkpoint thread ahead of need (the spare
+//!   segment), or inside the publish that fills the previous segment when no spare is ready.
 //!
 //! ## Limits and alignment
 //! - Keys up to 3072 bytes (`MAX_KEY_BYTES`, else `KeyTooLarge`), always inline in leaves, so
@@ -142,43 +145,80 @@
 //!
 //! # Commit protocol
 //!
-//! 1. Append every dirty page of the transaction at the log tail (rolling to new segments as
-//!    they fill; a new segment's header and zero fill are written and fdatasync'd, and the
-//!    directory synced, before anything can point into it).
-//! 2. fdatasync every segment written in step 1.
-//! 3. Write superblock slot `g % 2` for the new generation `g`: root, height, consistent index,
-//!    next segment id, entry count.
-//! 4. fdatasync the superblock file. The commit is durable; `commit` returns Ok after this.
-//! 5. Publish in memory: new root for new snapshots, live-byte accounting, cache fill.
-//! 6. Delete segments no root can reach any more (see Reclamation), then sync the directory.
+//! A commit is two halves: a *publish* makes a new root visible at once, without waiting for
+//! the disk; a *checkpoint* later makes the latest published root durable. The caller that
+//! publishes must be able to redo, after a crash, everything above the durable consistent index
+//! (ringkv replays its WAL, which made every entry durable before it was applied): this is
+//! etcd's backend, which commits bbolt every 100 ms and relies on the WAL for the rest.
+//! `WriteTxn::commit` is a publish followed by a checkpoint (durable on return);
+//! `WriteTxn::publish` is the publish alone.
 //!
-//! Any I/O error in steps 1-4 poisons the store ([`PageStoreError::Poisoned`] from then on):
-//! whether the commit is durable is unknown until a reopen recovers.
+//! Publish (under the writer lock; generation `g` = previous published + 1):
+//! - P1. Give every dirty node a page id at the log tail (rolling to new segments as they fill;
+//!   a new segment's header and zero fill are written and fdatasync'd, and the directory
+//!   synced, before anything can point into it) and encode it. Overflow extents are written to
+//!   their segment now, unsynced. Tree pages are not written: they join the *unwritten pages*
+//!   (`Pending`), held in memory.
+//! - P2. Pages the new root no longer reaches leave the live-byte counts; an unwritten one
+//!   moves to the superseded-unwritten set, kept while a snapshot pinned below `g` may read
+//!   it, and never written (its slot in the segment stays zeros: dead space, like a torn page).
+//! - P3. Publish root `g` with its consistent index: new snapshots and write transactions start
+//!   from it. A reader reads a page from the cache, else the unwritten pages, else the disk.
+//!
+//! Checkpoint (`checkpoint.rs`; serialised; the writer lock is held only to take the plan and
+//! to record the result, so publishes go on while it writes):
+//! - C1. Take the latest published root `g` and the unwritten pages it reaches; write them at
+//!   their ids (one write per run of consecutive ids).
+//! - C2. fdatasync every segment written since the previous checkpoint (C1's and the extents
+//!   of P1): every page root `g` reaches is now durable.
+//! - C3. Write the superblock of `g` (root, height, consistent index, next segment id, entry
+//!   count) to the slot that does NOT hold the newest durable superblock.
+//! - C4. fdatasync the superblock file. Root `g` is durable.
+//! - C5. Record `g` as the durable generation; forget the pages written in C1 (later reads find
+//!   them on disk: they leave memory only after their write completed).
+//! - C6. Delete segments no durable root and no pinned snapshot can reach any more (see
+//!   Reclamation), then sync the directory.
+//!
+//! The background checkpointer (`spawn_checkpointer`) runs every `checkpoint_interval`, or
+//! sooner once the unwritten pages reach half of `dirty_bytes_max`, and after each checkpoint
+//! creates a spare segment (written, synced, named in the synced directory, but in no root and
+//! not yet in the segment table) that P1 takes instead of creating one; a publish that finds them
+//! at `dirty_bytes_max` runs a checkpoint itself before returning (the memory bound). A page
+//! rewritten by many publishes between two checkpoints is written once.
+//!
+//! Any I/O error in P1 or C1-C4 poisons the store ([`PageStoreError::Poisoned`] from then on,
+//! for publishes and checkpoints): whether the root is durable is unknown until a reopen
+//! recovers.
 //!
 //! Crash cases (what recovery finds and does):
-//! 1. Crash before or during step 1-2: some new pages may be on disk, torn or whole, but no
-//!    durable superblock points at them. Recovery takes the previous root; the stray pages are
-//!    dead bytes in their segment (counted in `file_bytes`, never in `live_bytes`).
-//! 2. Crash between 2 and 3 (pages durable, superblock not written): as 1.
-//! 3. Crash during step 3 (torn superblock write): the slot being written fails its checksum;
-//!    the other slot holds the previous generation, whose pages were never overwritten.
-//! 4. Crash between 3 and 4: the new slot may or may not have landed; either it is whole
-//!    (checksum holds → the new root, whose pages step 2 made durable) or it is not (→ the old
-//!    root). A commit that returned Ok has passed step 4 and is never lost.
+//! 1. Crash after a publish, before the checkpoint that covers it (or during its C1-C2): some
+//!    pages of published roots may be on disk, torn or whole, but no durable superblock points
+//!    at them. Recovery takes the previous durable root; the stray pages are dead bytes in their
+//!    segment (counted in `file_bytes`, never in `live_bytes`). Everything published since is
+//!    lost from the store and redone by the caller from the durable consistent index.
+//! 2. Crash between C2 and C3 (pages durable, superblock not written): as 1.
+//! 3. Crash during C3 (torn superblock write): the slot being written fails its checksum; the
+//!    other slot holds the previous durable root, whose pages were never overwritten and whose
+//!    segments are not deleted before a later root is durable (C6).
+//! 4. Crash between C3 and C4: the new slot may or may not have landed; either it is whole
+//!    (checksum holds → root `g`, whose pages C2 made durable) or it is not (→ the previous
+//!    durable root). A checkpoint (or commit) that returned Ok has passed C4 and is never lost.
 //! 5. Crash while creating a segment (header or zero fill part-written): a file not yet in the
 //!    synced directory disappears; one that is present but unreferenced is deleted at open.
-//! 6. Crash mid-cleaning: cleaning is an ordinary commit that rewrites live pages, so 1-4
-//!    apply; the victim is deleted only after the root that no longer reaches it is durable.
-//!    A crash after the new root but before the deletion leaves an unreferenced segment,
-//!    deleted at open; a removal that was not yet synced brings the file back, ditto.
-//! 7. Torn/junk pages after the durable end of the old tail segment, and the zero pages of its
-//!    preallocated tail: never referenced; they fail their checksum (or are valid but
-//!    unreachable) and the cleaner skips them.
-//! 8. Crash during step 6 (segment removal): the superblock is already durable; a removal whose
+//! 6. Crash mid-cleaning: cleaning is a publish that rewrites live pages, then a checkpoint, so
+//!    1-4 apply; the victim is deleted only after a durable root no longer reaches it. A crash
+//!    after that root but before the deletion leaves an unreferenced segment, deleted at open;
+//!    a removal that was not yet synced brings the file back, ditto.
+//! 7. Torn/junk pages after the durable end of the old tail segment, the zero pages of its
+//!    preallocated tail, and the zero slots of superseded-unwritten pages: never referenced;
+//!    they fail their checksum (or are valid but unreachable) and the cleaner skips them.
+//! 8. Crash during C6 (segment removal): the superblock is already durable; a removal whose
 //!    directory sync did not happen brings the file back, and open deletes it as unreferenced.
 //!
 //! `tests/page_store_model.rs` crashes after every successive disk operation of a commit and of
-//! a cleaner step (with several tear patterns each) and checks old-or-new after recovery.
+//! a cleaner step (with several tear patterns each) and checks old-or-new after recovery, and
+//! crashes after publishes that no checkpoint covered and checks that the last durable state
+//! comes back.
 //!
 //! Recovery: read both superblock slots, take the valid one with the highest generation (if
 //! neither is valid and no segment exists, the store is new; if segments exist it is
@@ -195,10 +235,12 @@
 //!
 //! # Snapshots
 //!
-//! A [`Snapshot`] holds the root id and generation of the latest durable commit and registers
-//! a pin on that generation (a map generation → count, touched only on pin and unpin). Pages
-//! reachable from it are immutable until it drops, because pages are never overwritten and a
-//! segment is deleted only when no pinned generation can reach it. Readers take no lock that
+//! A [`Snapshot`] holds the root id and generation of the latest published commit and
+//! registers a pin on that generation (a map generation → count, touched only on pin and
+//! unpin). Pages reachable from it are immutable until it drops, because pages are never
+//! overwritten, a segment is deleted only when no pinned generation can reach it, and an
+//! unwritten page superseded at generation `g` stays in memory while a generation below `g` is
+//! pinned. Readers take no lock that
 //! the writer holds across work; they share the page cache (sharded, lock held per lookup).
 //!
 //! # Reclamation (the cleaner)
@@ -207,8 +249,8 @@
 //! commit adds its new pages and subtracts every page it copied out (a superseded node) and
 //! every extent it replaced or deleted; so victims are chosen without scanning. A sealed
 //! segment whose live bytes reach 0 at generation `g` is `dead since g`; it is deleted (file
-//! removed, directory synced) once the root of `g` is durable and no snapshot pins a generation
-//! below `g`. The durable root of `g` and every later one cannot reach it.
+//! removed, directory synced) once a checkpoint has made a root of generation `g` or later
+//! durable and no snapshot pins a generation below `g`. No root from `g` on reaches it.
 //!
 //! [`PageStore::clean`] picks up to `max_segments` sealed segments with
 //! `live_bytes / file_bytes` below `clean_live_percent_max`, least live first, reads each whole
@@ -226,21 +268,25 @@
 //! extents are read from disk on each access and not cached. Besides the cache: the segment
 //! table (about 80 bytes per segment), the pin map, a write transaction's dirty nodes (and its
 //! values too long to inline, until commit), and during a cleaner step its victims' contents
-//! (at most `max_segments` segments).
+//! (at most `max_segments` segments), and the unwritten pages of publishes since the last
+//! checkpoint (at most about `dirty_bytes_max`).
 //!
 //! # I/O
 //!
 //! [`DirDisk`] reads, writes and fdatasyncs through io_uring: a ring per thread, one request
-//! submitted and waited for at a time (the page store's callers are synchronous). Commit
-//! writes are large sequential writes of whole runs of pages, into preallocated, already
-//! written blocks (see Preallocation), so a commit's two fdatasyncs flush data, not metadata.
+//! submitted and waited for at a time (the page store's callers are synchronous). Checkpoint
+//! writes are runs of whole pages in ascending order, into preallocated, already written
+//! blocks (see Preallocation), so a checkpoint's fdatasyncs flush data, not metadata; a
+//! publish does no I/O unless it writes an overflow value or starts a segment.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use parking_lot::MutexGuard;
 
 mod cache;
+mod checkpoint;
 mod clean;
 pub mod disk;
 mod format;
@@ -249,6 +295,7 @@ mod node;
 mod store;
 mod tree;
 
+pub use checkpoint::BackgroundCheckpointer;
 pub use clean::BackgroundCleaner;
 pub use disk::{DirDisk, Disk, DiskFile, SimDisk};
 pub use format::{MAX_KEY_BYTES, MAX_VALUE_BYTES, PAGE_BYTES};
@@ -290,6 +337,13 @@ pub struct PageStoreConfig {
     pub segment_bytes: usize,
     /// `clean` picks segments whose live bytes are below this percentage of their size.
     pub clean_live_percent_max: u32,
+    /// The background checkpointer (`spawn_checkpointer`) makes the latest published root
+    /// durable this often. A longer interval writes a hot page fewer times; the WAL replays
+    /// more after a crash.
+    pub checkpoint_interval: Duration,
+    /// Bound on the memory of published pages not yet written: at half of it the background
+    /// checkpointer is woken, at all of it a publish checkpoints before it returns.
+    pub dirty_bytes_max: usize,
 }
 
 impl Default for PageStoreConfig {
@@ -298,6 +352,8 @@ impl Default for PageStoreConfig {
             cache_bytes: 256 << 20,
             segment_bytes: 8 << 20,
             clean_live_percent_max: 50,
+            checkpoint_interval: Duration::from_millis(100),
+            dirty_bytes_max: 64 << 20,
         }
     }
 }
@@ -317,6 +373,14 @@ impl PageStoreConfig {
             "segment_bytes must be a multiple of the page size, at least 4 pages"
         );
         assert!(self.clean_live_percent_max <= 100);
+        assert!(
+            self.dirty_bytes_max >= 2 * PAGE_BYTES,
+            "dirty_bytes_max below two pages"
+        );
+        assert!(
+            !self.checkpoint_interval.is_zero(),
+            "checkpoint_interval must be positive"
+        );
     }
 
     fn segment_pages(&self) -> u32 {
@@ -391,9 +455,32 @@ impl PageStore {
         }
     }
 
-    /// The consistent index recorded by the latest durable commit.
+    /// The consistent index of the latest published commit (what readers see).
     pub fn consistent_index(&self) -> u64 {
         self.inner.committed.lock().consistent_index
+    }
+
+    /// The consistent index of the latest checkpoint: what a crash now would recover. At most
+    /// `consistent_index()`; equal to it after `checkpoint` or `WriteTxn::commit`.
+    pub fn durable_consistent_index(&self) -> u64 {
+        self.inner.committed.lock().durable_consistent_index
+    }
+
+    /// Makes everything published so far durable (checkpoint steps C1-C6 of the module doc).
+    /// Returns after the superblock's fdatasync. Readers and the writer go on meanwhile.
+    pub fn checkpoint(&self) -> Result<()> {
+        self.inner.checkpoint().map(|_| ())
+    }
+
+    /// Creates the next segment ahead of need (the background checkpointer does this after
+    /// each checkpoint), so that the publish that fills the active segment does no I/O.
+    pub fn prepare_spare_segment(&self) -> Result<()> {
+        self.inner.prepare_spare_segment()
+    }
+
+    /// Bytes of published pages not yet written (at most about `dirty_bytes_max`).
+    pub fn unwritten_bytes(&self) -> usize {
+        self.inner.pending.lock().bytes()
     }
 
     /// One bounded step of space reclamation; never blocks readers or the writer for long.
@@ -465,13 +552,33 @@ impl WriteTxn<'_> {
         self.tree.delete(&*self.store.inner, key)
     }
 
-    /// Makes every change durable (pages, then the root that points at them) and visible to new
-    /// snapshots, recording `consistent_index` atomically with them. Returns after fdatasync.
-    pub fn commit(mut self, consistent_index: u64) -> Result<()> {
-        self.store
-            .inner
-            .commit(&mut self.guard, self.tree, consistent_index)
-            .map(|_| ())
+    /// Makes every change visible to new snapshots, recording `consistent_index` atomically
+    /// with them, without writing or syncing anything but overflow values: the changes become
+    /// durable at the next checkpoint (`PageStore::checkpoint`, the background checkpointer,
+    /// or a `commit`). A crash before then recovers the previous durable root; the caller must
+    /// be able to redo the work from `durable_consistent_index` (ringkv: the WAL).
+    pub fn publish(self, consistent_index: u64) -> Result<()> {
+        let WriteTxn {
+            store,
+            mut guard,
+            tree,
+        } = self;
+        store.inner.publish(&mut guard, tree, consistent_index)?;
+        drop(guard);
+        let over = store.inner.pending.lock().bytes() >= store.inner.config.dirty_bytes_max;
+        if over {
+            // The bound on unwritten pages: this writer pays for the checkpoint.
+            store.inner.checkpoint()?;
+        }
+        Ok(())
+    }
+
+    /// `publish`, then a checkpoint: every change is durable (pages, then the root that points
+    /// at them) and visible when this returns, after fdatasync.
+    pub fn commit(self, consistent_index: u64) -> Result<()> {
+        let store = self.store;
+        self.publish(consistent_index)?;
+        store.inner.checkpoint().map(|_| ())
     }
 }
 

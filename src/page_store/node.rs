@@ -123,6 +123,11 @@ impl Page {
         self.header.level
     }
 
+    /// The page as written to disk (header, payload, zero tail).
+    pub fn bytes(&self) -> &[u8] {
+        &self.buf
+    }
+
     /// Bytes this page holds in the cache.
     pub fn mem_bytes(&self) -> usize {
         PAGE_BYTES + self.offsets.len() * 2 + 64

@@ -1,14 +1,17 @@
 //! The store's shared state and its disk protocol: recovery at open, verified page and extent
-//! reads through the cache, the commit (pages → fdatasync → superblock → fdatasync → publish),
-//! per-segment live-byte accounting, snapshot pins, and deleting segments nothing can reach.
+//! reads through the cache and the unwritten pages, the publish (lay out pages, make the root
+//! visible; `checkpoint.rs` makes it durable), per-segment live-byte accounting, snapshot pins,
+//! and deleting segments nothing durable or pinned can reach.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
 
 use super::cache::PageCache;
+use super::checkpoint::{CheckpointDue, CheckpointState, Pending};
 use super::disk::{Disk, DiskFile};
 use super::format::{
     check_segment_header, extent_pages, index_of, offset_of, open_page, page_id,
@@ -23,24 +26,37 @@ pub(crate) struct Inner {
     pub disk: Arc<dyn Disk>,
     pub config: PageStoreConfig,
     pub cache: PageCache,
-    /// The latest durable root and the pinned generations. Held only for pointer-sized reads
-    /// and writes: a reader never waits on I/O here.
+    /// The latest published root, the durable one, and the pinned generations. Held only for
+    /// pointer-sized reads and writes: a reader never waits on I/O here.
     pub committed: Mutex<Committed>,
+    /// Published tree pages not yet written (read after a cache miss, before the disk).
+    pub pending: Mutex<Pending>,
     /// Segment table: one small entry per segment file (about 80 bytes each).
     pub segments: RwLock<BTreeMap<u32, Segment>>,
     /// The single writer: a `WriteTxn` or a cleaner step holds it.
     pub writer: Mutex<WriterState>,
     /// Serialises cleaner steps (and integrity checks) with each other.
     pub cleaner: Mutex<()>,
+    /// Serialises checkpoints. Lock order: cleaner, checkpoint, writer, then the short ones.
+    pub checkpoint: Mutex<CheckpointState>,
+    pub checkpoint_due: CheckpointDue,
+    /// Set when a publish or a checkpoint failed part-way: what is durable is unknown until a
+    /// reopen recovers, so nothing more is published or written.
+    pub poisoned: AtomicBool,
 }
 
 #[derive(Debug, Clone)]
 pub(crate) struct Committed {
+    /// The latest published root: what new snapshots and write transactions start from.
     pub root: u64,
     pub height: u32,
     pub generation: u64,
     pub consistent_index: u64,
     pub entries: u64,
+    /// The generation and consistent index of the latest checkpoint (the durable superblock).
+    /// Invariant: `durable_generation <= generation`.
+    pub durable_generation: u64,
+    pub durable_consistent_index: u64,
     /// Pinned generation → number of live snapshots pinning it.
     pub pins: BTreeMap<u64, usize>,
 }
@@ -54,8 +70,8 @@ pub(crate) struct Segment {
     pub live_bytes: u64,
     /// No more pages will be appended (every segment but the active one).
     pub sealed: bool,
-    /// The first generation whose root reaches nothing here; deletable once no snapshot pins
-    /// an older generation.
+    /// The first generation whose root reaches nothing here; deletable once that generation is
+    /// durable and no snapshot pins an older one.
     pub dead_since: Option<u64>,
 }
 
@@ -65,9 +81,8 @@ pub(crate) struct WriterState {
     pub active: u32,
     pub active_file: Arc<dyn DiskFile>,
     pub active_pages: u32,
-    pub superblock: Arc<dyn DiskFile>,
-    /// Set when a commit failed part-way: what is durable is unknown until a reopen recovers.
-    pub poisoned: bool,
+    /// A segment created and synced ahead of need (`prepare_spare_segment`), not yet active.
+    pub spare: Option<(u32, Arc<dyn DiskFile>)>,
 }
 
 impl PageSource for Inner {
@@ -88,6 +103,10 @@ impl Inner {
             offset,
             detail: detail.into(),
         }
+    }
+
+    pub fn segment_file_for(&self, id: u64) -> Result<Arc<dyn DiskFile>> {
+        self.segment_file(id)
     }
 
     fn segment_file(&self, id: u64) -> Result<Arc<dyn DiskFile>> {
@@ -128,6 +147,11 @@ impl Inner {
 
     pub fn read_page(&self, id: u64) -> Result<Arc<Page>> {
         if let Some(page) = self.cache.get(id) {
+            return Ok(page);
+        }
+        // Not yet written by a checkpoint (the cache evicted it): it is only in memory. A page
+        // leaves `pending` only after its write completed, so a miss here finds it on disk.
+        if let Some(page) = self.pending.lock().get(id) {
             return Ok(page);
         }
         let page = Arc::new(self.read_page_uncached(id)?);
@@ -217,8 +241,8 @@ impl Inner {
             .collect();
         segment_ids.sort_unstable();
         let superblock = disk.open(SUPERBLOCK_FILE)?;
-        let sb = match newest_superblock(&*superblock)? {
-            Some(sb) => sb,
+        let (sb, newest_slot) = match newest_superblock(&*superblock)? {
+            Some(found) => found,
             None if segment_ids.is_empty() => {
                 // A new store (or one whose creation crashed before anything was committed).
                 let sb = Superblock {
@@ -234,7 +258,7 @@ impl Inner {
                 superblock.write_all_at(&slots, 0)?;
                 superblock.sync_data()?;
                 disk.sync_dir()?;
-                sb
+                (sb, 0)
             }
             None => {
                 return Err(PageStoreError::Corruption {
@@ -272,8 +296,11 @@ impl Inner {
                 generation: sb.generation,
                 consistent_index: sb.consistent_index,
                 entries: sb.entries,
+                durable_generation: sb.generation,
+                durable_consistent_index: sb.consistent_index,
                 pins: BTreeMap::new(),
             }),
+            pending: Mutex::new(Pending::default()),
             segments: RwLock::new(segments),
             writer: Mutex::new(WriterState {
                 generation: sb.generation,
@@ -281,10 +308,15 @@ impl Inner {
                 active: 0,
                 active_file: superblock.clone(),
                 active_pages: 0,
-                superblock,
-                poisoned: false,
+                spare: None,
             }),
             cleaner: Mutex::new(()),
+            checkpoint: Mutex::new(CheckpointState {
+                superblock,
+                newest_slot,
+            }),
+            checkpoint_due: (Mutex::new(false), parking_lot::Condvar::new()),
+            poisoned: AtomicBool::new(false),
             disk,
         });
         inner.recover_accounting(&sb)?;
@@ -348,17 +380,17 @@ impl Inner {
     /// that commits overwrite blocks that are already allocated and written: their fdatasync
     /// then flushes data only, with no file-size or extent change for the filesystem journal
     /// to commit. See "Preallocation" in the module doc.
+    ///
+    /// The spare segment the checkpointer prepared, if any, is taken instead: then a publish
+    /// that fills a segment does no I/O for the next one.
     fn start_segment(&self, ws: &mut WriterState, generation: u64) -> Result<()> {
-        let id = ws.next_segment;
-        let file = self.disk.open(&segment_file_name(id))?;
-        write_preallocated(
-            &*file,
-            &segment_header_page(id, generation),
-            self.config.segment_bytes,
-        )?;
-        file.sync_data()?;
-        self.disk.sync_dir()?;
-        ws.next_segment += 1;
+        let (id, file) = if let Some(spare) = ws.spare.take() {
+            spare
+        } else {
+            let id = ws.next_segment;
+            ws.next_segment += 1;
+            (id, self.create_segment(id, generation)?)
+        };
         ws.active = id;
         ws.active_file = file.clone();
         ws.active_pages = 1;
@@ -376,48 +408,79 @@ impl Inner {
         Ok(())
     }
 
-    // ---- commit ----
+    /// Writes segment `id` whole (header, zeros) and makes it and its name durable.
+    fn create_segment(&self, id: u32, generation: u64) -> Result<Arc<dyn DiskFile>> {
+        let file = self.disk.open(&segment_file_name(id))?;
+        write_preallocated(
+            &*file,
+            &segment_header_page(id, generation),
+            self.config.segment_bytes,
+        )?;
+        file.sync_data()?;
+        self.disk.sync_dir()?;
+        Ok(file)
+    }
 
-    /// Makes `tree` the durable root with `consistent_index`; see "Commit protocol" in the
-    /// module doc. Any failure poisons the writer: what reached the disk is unknown until a
-    /// reopen runs recovery.
-    /// Returns the bytes of segments deleted after the commit.
-    pub fn commit(
+    /// Creates the next segment ahead of need, outside the writer lock, so that the publish
+    /// that fills the active segment does not wait for 8 MiB of zeros and two syncs. Until a
+    /// publish takes it, the spare is in no root and not in the segment table: a crash leaves
+    /// an unreferenced segment, deleted at open (crash case 5).
+    pub fn prepare_spare_segment(&self) -> Result<()> {
+        let (id, generation) = {
+            let mut ws = self.writer.lock();
+            if ws.spare.is_some() || self.poisoned.load(Ordering::Acquire) {
+                return Ok(());
+            }
+            let id = ws.next_segment;
+            ws.next_segment += 1;
+            (id, ws.generation)
+        };
+        let file = self.create_segment(id, generation)?;
+        let mut ws = self.writer.lock();
+        assert!(ws.spare.is_none(), "one thread prepares spares");
+        ws.spare = Some((id, file));
+        Ok(())
+    }
+
+    // ---- publish ----
+
+    /// Makes `tree` the published root with `consistent_index`: visible to new snapshots at
+    /// once, durable at the next checkpoint. Steps P1-P3 of "Commit protocol" in the module
+    /// doc. A failure poisons the store: what reached the disk is unknown until a reopen runs
+    /// recovery. Returns the bytes of segments deleted after it.
+    pub fn publish(
         &self,
         ws: &mut WriterState,
         mut tree: Tree,
         consistent_index: u64,
     ) -> Result<u64> {
-        let _timer = crate::metrics::METRICS.backend_commit_seconds.start_timer();
-        if ws.poisoned {
+        if self.poisoned.load(Ordering::Acquire) {
             return Err(PageStoreError::Poisoned);
         }
         let generation = ws.generation + 1;
-        let written = match self.write_commit(ws, &mut tree, consistent_index, generation) {
+        let laid_out = match self.lay_out(ws, &mut tree, generation) {
             Ok(w) => w,
             Err(e) => {
-                ws.poisoned = true;
+                self.poisoned.store(true, Ordering::Release);
                 return Err(e);
             }
         };
-        self.publish(ws, &tree, consistent_index, generation, written);
+        let pending_bytes = self.make_visible(ws, &tree, consistent_index, generation, laid_out);
+        self.note_pending_bytes(pending_bytes);
         // Deleting dead segments is housekeeping: a failure here loses nothing and is retried
         // by the next commit or cleaner step.
         Ok(self.reclaim_dead(ws).unwrap_or(0))
     }
 
-    fn write_commit(
-        &self,
-        ws: &mut WriterState,
-        tree: &mut Tree,
-        consistent_index: u64,
-        generation: u64,
-    ) -> Result<Written> {
+    /// P1: gives every dirty node a page id at the log tail and encodes it; overflow extents
+    /// are written now (unsynced: the next checkpoint syncs their segment), tree pages are not.
+    fn lay_out(&self, ws: &mut WriterState, tree: &mut Tree, generation: u64) -> Result<Written> {
         let mut w = SegWriter {
             inner: self,
             ws,
             generation,
-            runs: Vec::new(),
+            allocs: Vec::new(),
+            extents: Vec::new(),
             new_pages: Vec::new(),
             sealed: Vec::new(),
         };
@@ -425,60 +488,39 @@ impl Inner {
             Some(r) => flush(r, &mut w)?,
             None => 0,
         };
-        // 1. Every page the new root reaches is written and durable ...
-        for run in &w.runs {
-            run.file
-                .write_all_at(&run.bytes, u64::from(run.start) * PAGE_BYTES as u64)?;
-        }
-        for run in &w.runs {
-            run.file.sync_data()?;
-        }
         let SegWriter {
-            runs,
+            allocs,
+            extents,
             new_pages,
             sealed,
             ..
         } = w;
-        // 2. ... before the superblock that names the root is written and made durable.
-        let sb = Superblock {
-            generation,
-            root,
-            height: tree.height,
-            consistent_index,
-            next_segment: ws.next_segment,
-            active_segment: ws.active,
-            active_end_page: ws.active_pages,
-            entries: tree.entries,
-        };
-        ws.superblock.write_all_at(
-            &sb.encode(),
-            Superblock::slot(generation) * PAGE_BYTES as u64,
-        )?;
-        ws.superblock.sync_data()?;
+        let mut pending = self.pending.lock();
+        for (seg, file, at, bytes) in extents {
+            file.write_all_at(&bytes, at)?;
+            pending.touch(seg);
+        }
         Ok(Written {
             root,
-            runs: runs
-                .into_iter()
-                .map(|r| (r.seg, r.start, (r.bytes.len() / PAGE_BYTES) as u32))
-                .collect(),
+            allocs,
             new_pages,
             sealed,
         })
     }
 
-    /// Applies a durable commit to memory: live bytes, the segment table, the published root,
-    /// and the cache.
-    fn publish(
+    /// P2-P3: live bytes, the segment table, the unwritten pages, the published root, the
+    /// cache. Returns the bytes of unwritten pages now held.
+    fn make_visible(
         &self,
         ws: &mut WriterState,
         tree: &Tree,
         consistent_index: u64,
         generation: u64,
         written: Written,
-    ) {
+    ) -> usize {
         {
             let mut segs = self.segments.write();
-            for &(seg, start, pages) in &written.runs {
+            for &(seg, start, pages) in &written.allocs {
                 let s = segs.get_mut(&seg).expect("written segment is in the table");
                 s.live_bytes += u64::from(pages) * PAGE_BYTES as u64;
                 s.pages = s.pages.max(start + pages);
@@ -501,30 +543,53 @@ impl Inner {
                 }
             }
         }
-        {
+        let pages: Vec<Arc<Page>> = written
+            .new_pages
+            .into_iter()
+            .map(|(id, bytes)| {
+                Arc::new(
+                    Page::decode(bytes.into_boxed_slice(), id)
+                        .unwrap_or_else(|d| panic!("a page just encoded does not decode: {d}")),
+                )
+            })
+            .collect();
+        // Unwritten pages become readable before the root that reaches them is published.
+        let pending_bytes = {
+            let mut pending = self.pending.lock();
+            for page in &pages {
+                pending.add(page.clone());
+            }
+            for &(id, _) in &tree.freed {
+                pending.supersede(id, generation);
+            }
+            pending.bytes()
+        };
+        let oldest_pin = {
             let mut c = self.committed.lock();
             c.root = written.root;
             c.height = tree.height;
             c.generation = generation;
             c.consistent_index = consistent_index;
             c.entries = tree.entries;
-        }
+            c.pins.keys().next().copied()
+        };
+        self.pending.lock().prune(oldest_pin);
         ws.generation = generation;
-        for (id, bytes) in written.new_pages {
-            if let Ok(page) = Page::decode(bytes.into_boxed_slice(), id) {
-                self.cache.insert(Arc::new(page));
-            }
+        for page in pages {
+            self.cache.insert(page);
         }
+        pending_bytes
     }
 
     /// Deletes every segment that the durable root does not reach and no pinned snapshot can:
-    /// dead since generation `g`, with no pin older than `g`. Returns the bytes deleted.
+    /// dead since generation `g`, `g` durable, and no pin older than `g`. Returns the bytes
+    /// deleted.
     /// Takes the writer state only as proof that the writer is held: no root is published
     /// while the victims are chosen and removed.
     pub fn reclaim_dead(&self, _writer_held: &mut WriterState) -> Result<u64> {
         let (generation, oldest_pin) = {
             let c = self.committed.lock();
-            (c.generation, c.pins.keys().next().copied())
+            (c.durable_generation, c.pins.keys().next().copied())
         };
         let victims: Vec<u32> = self
             .segments
@@ -574,7 +639,7 @@ impl Inner {
 }
 
 impl Committed {
-    fn clone_without_pins(&self) -> Committed {
+    pub fn clone_without_pins(&self) -> Committed {
         Committed {
             pins: BTreeMap::new(),
             ..*self
@@ -601,10 +666,10 @@ fn write_preallocated(file: &dyn DiskFile, head: &[u8], len_bytes: usize) -> io:
     Ok(())
 }
 
-/// The newest superblock slot whose checksum holds, if any.
-fn newest_superblock(file: &dyn DiskFile) -> Result<Option<Superblock>> {
+/// The newest superblock slot whose checksum holds, and its slot number, if any.
+fn newest_superblock(file: &dyn DiskFile) -> Result<Option<(Superblock, u64)>> {
     let len = file.len()?;
-    let mut best: Option<Superblock> = None;
+    let mut best: Option<(Superblock, u64)> = None;
     for slot in 0..2u64 {
         if len < (slot + 1) * PAGE_BYTES as u64 {
             continue;
@@ -612,38 +677,35 @@ fn newest_superblock(file: &dyn DiskFile) -> Result<Option<Superblock>> {
         let mut buf = vec![0u8; PAGE_BYTES];
         file.read_exact_at(&mut buf, slot * PAGE_BYTES as u64)?;
         if let Some(sb) = Superblock::decode(&buf) {
-            if best.is_none_or(|b| sb.generation > b.generation) {
-                best = Some(sb);
+            if best.is_none_or(|(b, _)| sb.generation > b.generation) {
+                best = Some((sb, slot));
             }
         }
     }
     Ok(best)
 }
 
+/// An overflow extent a publish writes at once: `(segment, file, offset, bytes)`.
+type ExtentWrite = (u32, Arc<dyn DiskFile>, u64, Vec<u8>);
+
 struct Written {
     root: u64,
-    /// `(segment, first page, pages)` appended by the commit.
-    runs: Vec<(u32, u32, u32)>,
+    /// `(segment, first page, pages)` allocated by the publish, extents and tree pages.
+    allocs: Vec<(u32, u32, u32)>,
     new_pages: Vec<(u64, Vec<u8>)>,
     sealed: Vec<u32>,
 }
 
-/// Lays a commit's pages out at the tail of the log, in memory, rolling to a new segment when
+/// Lays a publish's pages out at the tail of the log, in memory, rolling to a new segment when
 /// the active one reaches `segment_bytes`.
 struct SegWriter<'a> {
     inner: &'a Inner,
     ws: &'a mut WriterState,
     generation: u64,
-    runs: Vec<Run>,
+    allocs: Vec<(u32, u32, u32)>,
+    extents: Vec<ExtentWrite>,
     new_pages: Vec<(u64, Vec<u8>)>,
     sealed: Vec<u32>,
-}
-
-struct Run {
-    seg: u32,
-    file: Arc<dyn DiskFile>,
-    start: u32,
-    bytes: Vec<u8>,
 }
 
 impl SegWriter<'_> {
@@ -657,25 +719,13 @@ impl SegWriter<'_> {
         }
         let id = page_id(self.ws.active, self.ws.active_pages);
         self.ws.active_pages += pages;
-        if self.runs.last().is_none_or(|r| r.seg != self.ws.active) {
-            self.runs.push(Run {
-                seg: self.ws.active,
-                file: self.ws.active_file.clone(),
-                start: index_of(id),
-                bytes: Vec::new(),
-            });
+        match self.allocs.last_mut() {
+            Some((seg, start, n)) if *seg == self.ws.active && *start + *n == index_of(id) => {
+                *n += pages;
+            }
+            _ => self.allocs.push((self.ws.active, index_of(id), pages)),
         }
         Ok(id)
-    }
-
-    fn append(&mut self, id: u64, bytes: &[u8]) {
-        let run = self.runs.last_mut().unwrap();
-        assert_eq!(
-            run.start as usize + run.bytes.len() / PAGE_BYTES,
-            index_of(id) as usize,
-            "pages are appended in allocation order"
-        );
-        run.bytes.extend_from_slice(bytes);
     }
 }
 
@@ -712,14 +762,18 @@ impl NodeWriter for SegWriter<'_> {
                 },
             );
         }
-        self.append(id, &extent);
+        self.extents.push((
+            self.ws.active,
+            self.ws.active_file.clone(),
+            offset_of(id),
+            extent,
+        ));
         Ok(id)
     }
 
     fn write_leaf(&mut self, entries: &[(Vec<u8>, Val)]) -> Result<u64> {
         let id = self.alloc(1)?;
         let page = encode_leaf(entries, id, self.generation);
-        self.append(id, &page);
         self.new_pages.push((id, page));
         Ok(id)
     }
@@ -727,7 +781,6 @@ impl NodeWriter for SegWriter<'_> {
     fn write_branch(&mut self, level: u8, seps: &[Vec<u8>], children: &[u64]) -> Result<u64> {
         let id = self.alloc(1)?;
         let page = encode_branch(level, seps, children, id, self.generation);
-        self.append(id, &page);
         self.new_pages.push((id, page));
         Ok(id)
     }

@@ -34,7 +34,8 @@
 //!
 //! # Log compaction
 //!
-//! When the state machine's durable applied index is `snapshot_entries` past the snapshot
+//! When the state machine's durable index (`StateMachine::durable_index`, which may lag what it
+//! has applied) is `snapshot_entries` past the snapshot
 //! marker (keeping `compact_keep_entries` below it), the loop writes a hard state and a
 //! `Record::Snapshot` marker (durable), drops the entries from the in-memory log and releases
 //! the WAL segments below it. The state machine is its own snapshot: it must never restart
@@ -75,8 +76,15 @@ pub trait StateMachine: Send + 'static {
     /// reply per entry, in order, delivered to the proposer of that entry if it is still waiting
     /// on this member.
     fn apply(&mut self, entries: &[Committed]) -> Vec<Vec<u8>>;
-    /// The last raft index the state machine has durably applied (its consistent index).
+    /// The last raft index the state machine has applied. At start it must be durable: the
+    /// engine passes over entries up to it and re-applies those above.
     fn applied_index(&self) -> u64;
+    /// The last raft index whose effects a crash would not lose (the state machine's durable
+    /// consistent index, at most `applied_index`); the log is compacted only up to it. A state
+    /// machine that makes every apply durable before returning keeps the default.
+    fn durable_index(&self) -> u64 {
+        self.applied_index()
+    }
 }
 
 /// A committed log entry with data, as handed to [`StateMachine::apply`].

@@ -510,7 +510,9 @@ impl Node {
     /// past the snapshot marker (plus the `compact_keep_entries` kept for lagging followers):
     /// snapshot marker to the WAL (durable first), then the in-memory log, then old segments.
     async fn maybe_compact(&mut self) -> Result<(), RaftError> {
-        let durable = self.sm.applied_index().min(self.applied);
+        // Only what the state machine has made durable: entries above it are replayed from
+        // the log after a crash.
+        let durable = self.sm.durable_index().min(self.applied);
         let snapshot_index = self.raw.store().snapshot_index();
         let target = durable.saturating_sub(self.cfg.compact_keep_entries);
         if target <= snapshot_index || target - snapshot_index < self.cfg.snapshot_entries {

@@ -22,6 +22,10 @@ impl StateMachine for ApplierSm {
     fn applied_index(&self) -> u64 {
         self.0.applied_index()
     }
+
+    fn durable_index(&self) -> u64 {
+        self.0.durable_index()
+    }
 }
 
 pub struct RaftLog {
