@@ -21,13 +21,13 @@ pub fn latency_cdf(
     let error = chart_error(path);
     let max_us = series
         .iter()
-        .flat_map(|(_, buckets)| buckets.last().map(|&(value, _)| value))
+        .filter_map(|(_, buckets)| buckets.last().map(|&(value, _)| value))
         .max()
         .unwrap_or(1)
         .max(10);
     let min_us = series
         .iter()
-        .flat_map(|(_, buckets)| buckets.first().map(|&(value, _)| value))
+        .filter_map(|(_, buckets)| buckets.first().map(|&(value, _)| value))
         .min()
         .unwrap_or(1)
         .clamp(1, max_us / 2);

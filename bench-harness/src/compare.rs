@@ -639,20 +639,17 @@ fn figure_table(out: &mut String, results: &Results, part: Option<&str>) {
             .collect();
         let _ = write!(out, "| {figure} |");
         for (name, value) in names.iter().zip(&values) {
-            match value {
-                Some(value) => {
-                    let _ = write!(out, " {value:.1} |");
-                }
-                None => {
-                    let why = server_note(&results.rounds, name).map_or("-", |note| {
-                        if note.starts_with("unsupported") {
-                            "unsupported"
-                        } else {
-                            "failed"
-                        }
-                    });
-                    let _ = write!(out, " {why} |");
-                }
+            if let Some(value) = value {
+                let _ = write!(out, " {value:.1} |");
+            } else {
+                let why = server_note(&results.rounds, name).map_or("-", |note| {
+                    if note.starts_with("unsupported") {
+                        "unsupported"
+                    } else {
+                        "failed"
+                    }
+                });
+                let _ = write!(out, " {why} |");
             }
         }
         if names.len() == 2 {

@@ -419,7 +419,7 @@ async fn send(client: &mut Client, plan: &Plan, request: u64) -> Result<Part, (S
             let key_number = if config.sequential_keys {
                 request % config.key_space_size
             } else {
-                client.rng.next() % config.key_space_size
+                client.rng.next_u64() % config.key_space_size
             };
             let put = PutRequest {
                 key: key_bytes(key_number, config.key_size),
@@ -451,7 +451,7 @@ async fn send(client: &mut Client, plan: &Plan, request: u64) -> Result<Part, (S
         }
         Workload::TxnMixed { rw_ratio, read } => {
             let read_probability = rw_ratio / (1.0 + rw_ratio);
-            let unit = (client.rng.next() >> 11) as f64 / (1u64 << 53) as f64;
+            let unit = (client.rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
             let is_read = unit < read_probability;
             let (op, part) = if is_read {
                 let op = RequestOp {
@@ -475,7 +475,7 @@ async fn send(client: &mut Client, plan: &Plan, request: u64) -> Result<Part, (S
             Ok(None)
         }
         Workload::CheckPerf { prefix, .. } => {
-            let random = (client.rng.next() >> 1) as i64;
+            let random = (client.rng.next_u64() >> 1) as i64;
             let mut key = prefix.as_bytes().to_vec();
             key.extend_from_slice(&check::key_suffix(random));
             let put = PutRequest {
@@ -521,14 +521,14 @@ pub fn key_bytes(key_number: u64, key_size: usize) -> Vec<u8> {
 /// Incompressible filler for values.
 pub fn pseudo_random_bytes(len: usize, seed: u64) -> Vec<u8> {
     let mut rng = SplitMix64(seed);
-    (0..len).map(|_| rng.next() as u8).collect()
+    (0..len).map(|_| rng.next_u64() as u8).collect()
 }
 
 /// Key choice needs speed and spread, not cryptographic quality.
 pub struct SplitMix64(pub u64);
 
 impl SplitMix64 {
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);

@@ -249,13 +249,13 @@ async fn read_latency(
     while received < target.load(Ordering::Acquire) {
         let reply = match tokio::time::timeout(POLL, stream.replies.message()).await {
             Ok(Ok(Some(reply))) => reply,
-            Ok(Ok(None)) => break,
             Ok(Err(status)) => {
                 recorder.error(format!("{}: {}", status.code(), status.message()));
                 break;
             }
             Err(_) if last_reply.elapsed() < DELIVERY_GRACE => continue,
-            Err(_) => break,
+            // The stream ended, or the grace passed in silence.
+            Ok(Ok(None)) | Err(_) => break,
         };
         last_reply = Instant::now();
         let now = start.elapsed();
