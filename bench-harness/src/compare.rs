@@ -239,7 +239,7 @@ pub async fn run(config: &CompareConfig) -> Result<CompareOutcome, BenchError> {
 
     let workload_name = config.workload.name();
     let results = Results {
-        commit: git_commit(),
+        commit: git_commit(&config.servers[0].binary),
         workload: workload_name.clone(),
         definition: config.workload.clone(),
         options: config.load.clone(),
@@ -466,9 +466,17 @@ fn write_charts(out: &Path, workload: &str, results: &Results) -> Result<(), Ben
     )
 }
 
-fn git_commit() -> String {
+/// The commit of the checkout the (first) server binary was built in, e.g. `target/release/`.
+fn git_commit(binary: &Path) -> String {
+    let dir = binary
+        .canonicalize()
+        .ok()
+        .and_then(|path| path.parent().map(Path::to_path_buf))
+        .unwrap_or_else(|| PathBuf::from("."));
     let run = |args: &[&str]| {
         std::process::Command::new("git")
+            .arg("-C")
+            .arg(&dir)
             .args(args)
             .output()
             .ok()
