@@ -3,7 +3,7 @@
 //! the directory the servers' data dirs live in. Reported next to the servers' figures, since a
 //! put cannot be faster than one fdatasync.
 
-use crate::summary::{self, Summary};
+use crate::summary::{Recorder, Summary};
 use crate::BenchError;
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -36,7 +36,7 @@ fn probe_file(path: &Path, duration: Duration) -> Result<Summary, BenchError> {
         .and_then(|()| file.sync_all())
         .map_err(BenchError::io(what.clone()))?;
     let block = [0xa5_u8; WRITE_BYTES];
-    let mut histogram = summary::new_histogram();
+    let mut recorder = Recorder::default();
     let start = Instant::now();
     let mut offset = 0;
     while start.elapsed() < duration {
@@ -44,14 +44,8 @@ fn probe_file(path: &Path, duration: Duration) -> Result<Summary, BenchError> {
         file.write_all_at(&block, offset)
             .and_then(|()| file.sync_data())
             .map_err(BenchError::io(what.clone()))?;
-        summary::record(&mut histogram, write_start.elapsed());
+        recorder.ok(write_start.elapsed(), start.elapsed());
         offset = (offset + WRITE_BYTES as u64) % FILE_BYTES;
     }
-    Ok(Summary::new(
-        "pwrite256+fdatasync",
-        &histogram,
-        0,
-        None,
-        start.elapsed(),
-    ))
+    Ok(recorder.summary("pwrite256+fdatasync", start.elapsed()))
 }

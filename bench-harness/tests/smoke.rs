@@ -3,31 +3,14 @@
 //! successful requests and no errors.
 //!
 //! The server binary is `RINGKV_BIN` if set, else the workspace's `target/release/ringkv`, which
-//! this test builds (`cargo build --release --bin ringkv`) when it is missing.
+//! this test builds (`cargo build --release --bin ringkv`) when it is missing. The other
+//! workloads, compare and check-perf are tested in `workloads.rs`.
 
+mod bench_support;
+
+use bench_support::ringkv_binary;
 use ringkv_bench::server::ServerProcess;
-use std::path::PathBuf;
 use std::process::Command;
-
-fn ringkv_binary() -> PathBuf {
-    if let Some(path) = std::env::var_os("RINGKV_BIN") {
-        return path.into();
-    }
-    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let binary = workspace.join("target/release/ringkv");
-    if !binary.exists() {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "--release", "--bin", "ringkv"])
-            .current_dir(&workspace)
-            .status()
-            .expect("run cargo build");
-        assert!(
-            status.success(),
-            "cargo build --release --bin ringkv failed"
-        );
-    }
-    binary
-}
 
 fn bench(args: &[&str], json: &std::path::Path) -> serde_json::Value {
     let output = Command::new(env!("CARGO_BIN_EXE_ringkv-bench"))
