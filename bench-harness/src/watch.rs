@@ -52,6 +52,9 @@ const WATCH_GET_DEFAULT_LIMIT: Duration = Duration::from_secs(300);
 struct Stream {
     _requests: mpsc::Sender<WatchRequest>,
     replies: Streaming<WatchResponse>,
+    /// Events that arrived while the watchers were still being created (a server that catches
+    /// watchers up at once sends them before the last `created` reply).
+    early_events: u64,
 }
 
 /// Opens a stream on `channel` and creates `watchers` watchers on `key` from `start_revision`
@@ -83,6 +86,7 @@ async fn open_stream(
         .into_inner();
     let created = async {
         let mut created = 0;
+        let mut early_events = 0;
         let mut sent = 1;
         // Send while reading: the server's reply buffer is bounded, so sending everything first
         // could deadlock with a server that waits for us to read.
@@ -112,16 +116,16 @@ async fn open_stream(
                     }
                     created += 1;
                 }
-                // Events for early watchers may arrive before the last is created: only
-                // watch-get creates from an old revision, and its readers count per stream.
-                Ok(Some(_)) => {}
+                // Events for early watchers may arrive before the last is created (only
+                // watch-get creates from an old revision): they count for the stream.
+                Ok(Some(reply)) => early_events += reply.events.len() as u64,
                 Ok(None) => return Err(watch_closed(endpoint)),
                 Err(status) => return Err(load::setup_error(endpoint, "Watch", &status)),
             }
         }
-        Ok(())
+        Ok(early_events)
     };
-    tokio::time::timeout(CREATE_TIMEOUT, created)
+    let early_events = tokio::time::timeout(CREATE_TIMEOUT, created)
         .await
         .map_err(|_| BenchError::Server {
             server: endpoint.to_owned(),
@@ -130,6 +134,7 @@ async fn open_stream(
     Ok(Stream {
         _requests: requests,
         replies,
+        early_events,
     })
 }
 
@@ -368,7 +373,8 @@ async fn read_events(
     done: Arc<AtomicU64>,
     deadline: Instant,
 ) -> u64 {
-    let mut received = 0;
+    let mut received = stream.early_events;
+    done.fetch_add(received, Ordering::Relaxed);
     while received < expected {
         match tokio::time::timeout_at(deadline, stream.replies.message()).await {
             Ok(Ok(Some(reply))) => {
