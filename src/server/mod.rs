@@ -17,6 +17,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use ringkv_proto::etcdserverpb::auth_server::AuthServer;
 use ringkv_proto::etcdserverpb::kv_server::KvServer;
 use ringkv_proto::etcdserverpb::lease_server::LeaseServer;
 use ringkv_proto::etcdserverpb::maintenance_server::MaintenanceServer;
@@ -25,6 +26,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::api::{self, Context, Limits};
 use crate::apply::Applier;
+use crate::auth::{AuthConfig, AuthStore, AuthStoreError};
 use crate::config::{Config, CorePlacement, Scheme, Url};
 use crate::lease::{LeaseConfig, LeaseError, Lessor, MonotonicClock};
 use crate::mvcc::{Mvcc, MvccError};
@@ -52,6 +54,8 @@ pub enum ServerError {
     Mvcc(#[from] MvccError),
     #[error("cannot load the leases: {0}")]
     Lease(#[from] LeaseError),
+    #[error("cannot load the auth state: {0}")]
+    Auth(#[from] AuthStoreError),
     #[error("cannot start raft: {0}")]
     Raft(#[from] RaftError),
     #[error("runtime: {0}")]
@@ -109,7 +113,14 @@ pub fn run(config: &Config) -> Result<(), ServerError> {
     );
     let lessor = Arc::new(Lessor::open(&mvcc, Arc::new(MonotonicClock))?);
     eprintln!("ringkv: info: loaded {} leases", lessor.len());
-    let mut applier = Applier::with_lessor(mvcc.clone(), lessor.clone());
+    let auth = Arc::new(AuthStore::open(
+        &mvcc,
+        AuthConfig {
+            token_ttl: config.auth_token_ttl,
+            bcrypt_cost: config.bcrypt_cost,
+        },
+    )?);
+    let mut applier = Applier::with_lessor(mvcc.clone(), lessor.clone()).with_auth(auth.clone());
     applier.set_quota_backend_bytes(config.quota_backend_bytes);
     // Returns once the WAL is replayed into MVCC and this member leads.
     let handle = raft::start(
@@ -128,6 +139,7 @@ pub fn run(config: &Config) -> Result<(), ServerError> {
             quota_backend_bytes: config.quota_backend_bytes,
         },
         lessor,
+        auth,
     });
 
     let grpc_core = config.tuning.placement.grpc;
@@ -218,6 +230,8 @@ async fn serve(
             lease_config.clone(),
         ))
         .max_decoding_message_size(max_decoding);
+        let auth = AuthServer::new(api::auth::AuthService::new(ctx.clone()))
+            .max_decoding_message_size(max_decoding);
         let mut stop = stop_rx.clone();
         let local = listener.local_addr().ok();
         servers.spawn(async move {
@@ -225,6 +239,7 @@ async fn serve(
                 .add_service(api::limit::GrpcGoLimitStatus(kv))
                 .add_service(api::limit::GrpcGoLimitStatus(maintenance))
                 .add_service(api::limit::GrpcGoLimitStatus(lease))
+                .add_service(api::limit::GrpcGoLimitStatus(auth))
                 .serve_with_incoming_shutdown(no_delay(listener), async move {
                     let _ = stop.wait_for(|stop| *stop).await;
                 })
