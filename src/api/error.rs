@@ -36,6 +36,10 @@ pub enum ApiError {
     /// errors found while applying arrive as `Apply(ApplyError::Auth)`.
     #[error(transparent)]
     Auth(#[from] AuthError),
+    /// An auth refusal of an admin-only Maintenance RPC: etcd returns the auth package's own
+    /// error there, untranslated, so clients see code Unknown and "auth: permission denied".
+    #[error("auth: {}", .0.to_string().trim_start_matches("etcdserver: "))]
+    MaintenanceAuth(AuthError),
     #[error("etcdserver: server stopped")]
     Stopped,
     #[error("etcdserver: no leader")]
@@ -94,7 +98,7 @@ impl ApiError {
                 Code::ResourceExhausted
             }
             ApiError::BadLeaderTransferee => Code::FailedPrecondition,
-            ApiError::Internal(_) => Code::Unknown,
+            ApiError::Internal(_) | ApiError::MaintenanceAuth(_) => Code::Unknown,
         }
     }
 }
@@ -286,6 +290,11 @@ mod tests {
                 assert_eq!((status.code(), status.message()), (code, message));
             }
         }
+        let status = Status::from(ApiError::MaintenanceAuth(AuthError::PermissionDenied));
+        assert_eq!(
+            (status.code(), status.message()),
+            (Code::Unknown, "auth: permission denied")
+        );
         for (error, code, message) in cases {
             let status = Status::from(error);
             assert_eq!((status.code(), status.message()), (code, message));

@@ -48,8 +48,12 @@ impl MaintenanceService {
 
     /// etcd's `authMaintenanceServer`: these RPCs are for admins (the root role) only.
     fn admin<T>(&self, request: &Request<T>) -> Result<(), ApiError> {
-        let caller = self.ctx.caller(request.metadata())?;
-        self.ctx.check_admin(&caller)
+        let untranslated = |error| match error {
+            ApiError::Auth(error) => ApiError::MaintenanceAuth(error),
+            other => other,
+        };
+        let caller = self.ctx.caller(request.metadata()).map_err(untranslated)?;
+        self.ctx.check_admin(&caller).map_err(untranslated)
     }
 
     fn header(&self, revision: i64) -> Option<ResponseHeader> {
