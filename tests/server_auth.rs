@@ -312,7 +312,7 @@ fn tokens_in_grpc_metadata() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let channel = Channel::from_shared(e.to_string())
+        let channel = Channel::from_shared(e.clone())
             .unwrap()
             .connect()
             .await

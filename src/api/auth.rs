@@ -213,7 +213,7 @@ impl Auth for AuthService {
         let result = self
             .change(
                 request.metadata(),
-                ProposalRequest::AuthEnable(request.get_ref().clone()),
+                ProposalRequest::AuthEnable(*request.get_ref()),
             )
             .await?;
         outcome!(self, result, AuthEnable, "auth enable")
@@ -226,7 +226,7 @@ impl Auth for AuthService {
         let result = self
             .change(
                 request.metadata(),
-                ProposalRequest::AuthDisable(request.get_ref().clone()),
+                ProposalRequest::AuthDisable(*request.get_ref()),
             )
             .await?;
         outcome!(self, result, AuthDisable, "auth disable")

@@ -87,7 +87,9 @@ impl ApiError {
             | ApiError::PermissionNotGiven
             | ApiError::Apply(ApplyError::KeyNotFound) => Code::InvalidArgument,
             ApiError::Apply(ApplyError::LeaseNotFound) => Code::NotFound,
-            ApiError::Apply(ApplyError::LeaseExists) => Code::FailedPrecondition,
+            ApiError::Apply(ApplyError::LeaseExists) | ApiError::BadLeaderTransferee => {
+                Code::FailedPrecondition
+            }
             ApiError::Apply(
                 ApplyError::Compacted | ApplyError::FutureRevision | ApplyError::LeaseTtlTooLarge,
             ) => Code::OutOfRange,
@@ -97,7 +99,6 @@ impl ApiError {
             ApiError::TooManyRequests | ApiError::Apply(ApplyError::NoSpace) => {
                 Code::ResourceExhausted
             }
-            ApiError::BadLeaderTransferee => Code::FailedPrecondition,
             ApiError::Internal(_) | ApiError::MaintenanceAuth(_) => Code::Unknown,
         }
     }

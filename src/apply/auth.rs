@@ -89,11 +89,11 @@ fn check_lease_puts(
     Ok(())
 }
 
-fn header(batch: &MvccBatch<'_>) -> Option<ResponseHeader> {
-    Some(ResponseHeader {
+fn header(batch: &MvccBatch<'_>) -> ResponseHeader {
+    ResponseHeader {
         revision: batch.revision(),
         ..ResponseHeader::default()
-    })
+    }
 }
 
 /// Whether `request` is an auth entry (applied by `apply`).
@@ -123,7 +123,7 @@ pub fn apply(
     index: u64,
     request: ProposalRequest,
 ) -> mvcc::Result<Result<OutcomeResult, AuthError>> {
-    let header = header(batch);
+    let header = Some(header(batch));
     store.apply(batch, |state, tokens| {
         Ok(match request {
             ProposalRequest::AuthEnable(_) => {

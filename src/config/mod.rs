@@ -14,6 +14,7 @@
 //!
 //! Every error names where the bad value came from: `flag --x`, `ETCD_X`, or a config-file key.
 
+pub mod auth_token;
 pub mod cluster;
 pub mod compaction;
 pub mod file;
@@ -552,7 +553,7 @@ fn resolve(raw: Raw, cores: usize) -> Result<Config, ConfigError> {
     if raw.name.is_empty() {
         return Err(raw.invalid("name", "", "must not be empty".to_owned()));
     }
-    crate::auth::token::parse_spec(&raw.auth_token)
+    auth_token::parse_spec(&raw.auth_token)
         .map_err(|error| raw.invalid("auth-token", &raw.auth_token, error.to_string()))?;
     if raw.auth_token_ttl == 0 {
         return Err(raw.invalid("auth-token-ttl", "0", "must be greater than 0".to_owned()));
