@@ -402,3 +402,70 @@ fn tokens_in_grpc_metadata() {
         }
     });
 }
+
+/// etcd's restore keeps auth: a snapshot of an auth-enabled member, restored by etcdctl's tool
+/// and served by reference etcd, and restored by `ringkv snapshot restore` and served by
+/// ringkv, still has auth enabled, its users, roles and permissions. (Run against etcd, the
+/// snapshot is etcd's, so ringkv's restore reads etcd's auth buckets.)
+#[test]
+fn snapshots_keep_users_roles_and_the_enabled_flag() {
+    let (dir, s) = server();
+    let e = s.endpoint();
+    let e = e.trim_start_matches("http://");
+    setup(e);
+    assert_eq!(ok(e, &["--user=root:rootpw", "put", "b", "1"]), "OK\n");
+    let file = dir.path().join("auth.db");
+    let file = file.to_str().unwrap();
+    let saved = etcdctl(e, &["--user=root:rootpw", "snapshot", "save", file], None);
+    assert!(saved.status.success(), "{saved:?}");
+
+    let restorers: [(&std::ffi::OsStr, std::ffi::OsString); 2] = [
+        ("etcdctl".as_ref(), "/usr/bin/etcd".into()),
+        (
+            env!("CARGO_BIN_EXE_ringkv").as_ref(),
+            env!("CARGO_BIN_EXE_ringkv").into(),
+        ),
+    ];
+    for (i, (tool, served_by)) in restorers.iter().enumerate() {
+        let peer = server_support::free_port();
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        let restored = dir.path().join(format!("restored-{i}"));
+        let out = std::process::Command::new(tool)
+            .env("ETCDCTL_API", "3")
+            .args(["snapshot", "restore", file, "--data-dir"])
+            .arg(&restored)
+            .args(["--name", "default", "--initial-cluster"])
+            .arg(format!("default={peer_url}"))
+            .args(["--initial-cluster-token", "etcd-cluster"])
+            .args(["--initial-advertise-peer-urls", &peer_url])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{tool:?}: {out:?}");
+        let copy = Server::start_at(served_by, &restored, server_support::free_port(), peer, &[]);
+        let c = copy.endpoint();
+        let c = c.trim_start_matches("http://");
+        let steps: &[Step<'_>] = &[
+            (
+                &["get", "b"],
+                None,
+                Err("Error: etcdserver: user name is empty"),
+            ),
+            (
+                &["--user=alice:apw", "get", "b", "--print-value-only"],
+                None,
+                Ok("1\n"),
+            ),
+            (
+                &["--user=root:rootpw", "user", "list"],
+                None,
+                Ok("alice\nroot\n"),
+            ),
+            (
+                &["--user=root:rootpw", "role", "get", "w"],
+                None,
+                Ok("Role w\nKV Read:\n\t[a, c)\nKV Write:\n\t[a, c)\n"),
+            ),
+        ];
+        run(c, steps);
+    }
+}

@@ -597,6 +597,67 @@ impl AuthState {
     }
 }
 
+/// Rows of table `0x06`, or entries of a bucket: (key, value) in key order.
+pub type Rows = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// etcd's backend buckets of the auth state (a snapshot image's `auth`, `authUsers` and
+/// `authRoles`), each sorted by key.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct AuthBuckets {
+    /// `authEnabled` -> 0x00 | 0x01 (once auth was enabled or disabled); `authRevision` ->
+    /// u64 BE (always: etcd writes revision 1 when it creates the store).
+    pub auth: Rows,
+    /// User name -> authpb.User.
+    pub users: Rows,
+    /// Role name -> authpb.Role.
+    pub roles: Rows,
+}
+
+const BUCKET_ENABLED_KEY: &[u8] = b"authEnabled";
+const BUCKET_REVISION_KEY: &[u8] = b"authRevision";
+
+impl AuthBuckets {
+    /// The buckets of table `0x06`'s `rows` (in key order, as the page store lists them).
+    pub fn from_rows(rows: Rows) -> Result<AuthBuckets, AuthStoreError> {
+        // Decoding first checks every row.
+        AuthState::load(rows.iter().cloned())?;
+        let mut out = AuthBuckets::default();
+        let mut revision = None;
+        for (key, value) in rows {
+            match (key[1], &key[2..]) {
+                (SUB_META, META_ENABLED) => out.auth.push((BUCKET_ENABLED_KEY.to_vec(), value)),
+                (SUB_META, _) => revision = Some(value),
+                (SUB_USER, name) => out.users.push((name.to_vec(), value)),
+                (_, name) => out.roles.push((name.to_vec(), value)),
+            }
+        }
+        let revision = revision.unwrap_or_else(|| 1u64.to_be_bytes().to_vec());
+        out.auth.push((BUCKET_REVISION_KEY.to_vec(), revision));
+        Ok(out)
+    }
+
+    /// The table `0x06` rows of these buckets (from any etcd snapshot); every entry is checked.
+    pub fn into_rows(self) -> Result<Rows, AuthStoreError> {
+        let mut rows = Vec::new();
+        for (key, value) in self.auth {
+            match key.as_slice() {
+                BUCKET_ENABLED_KEY => rows.push((meta_key(META_ENABLED), value)),
+                BUCKET_REVISION_KEY => rows.push((meta_key(META_REVISION), value)),
+                // Keys of later etcd versions (none in 3.4) carry nothing ringkv keeps.
+                _ => {}
+            }
+        }
+        for (name, value) in self.users {
+            rows.push(([&[TABLE_AUTH, SUB_USER][..], &name].concat(), value));
+        }
+        for (name, value) in self.roles {
+            rows.push(([&[TABLE_AUTH, SUB_ROLE][..], &name].concat(), value));
+        }
+        AuthState::load(rows.iter().cloned())?;
+        Ok(rows)
+    }
+}
+
 /// The auth state shared by the applier (which changes it) and the API (which reads it), and
 /// this member's tokens.
 #[derive(Debug)]

@@ -252,3 +252,32 @@ fn passwords_are_bcrypt_and_checked_only_when_enabled() {
     );
     assert_eq!(store.check_password("nopw", ""), Err(AuthError::AuthFailed));
 }
+
+#[test]
+fn snapshot_buckets_round_trip_and_a_fresh_store_has_revision_one() {
+    let fresh = AuthBuckets::from_rows(Vec::new()).unwrap();
+    assert_eq!(
+        fresh.auth,
+        [(b"authRevision".to_vec(), 1u64.to_be_bytes().to_vec())]
+    );
+    let mut s = AuthState::load(std::iter::empty()).unwrap();
+    s.user_add("root", "h", false).unwrap();
+    s.user_grant_role("root", "root").unwrap();
+    s.role_add("r").unwrap();
+    s.enable().unwrap();
+    let rows: Vec<_> = s
+        .take_rows()
+        .into_iter()
+        .map(|(k, v)| (k, v.unwrap()))
+        .collect();
+    let buckets = AuthBuckets::from_rows(rows.clone()).unwrap();
+    assert_eq!(buckets.auth[0], (b"authEnabled".to_vec(), vec![1]));
+    assert_eq!(buckets.users.len(), 1);
+    assert_eq!(buckets.roles[0].0, b"r");
+    assert_eq!(buckets.into_rows().unwrap(), rows);
+    let bad = AuthBuckets {
+        users: vec![(b"x".to_vec(), b"\xff".to_vec())],
+        ..AuthBuckets::default()
+    };
+    assert!(bad.into_rows().is_err());
+}
