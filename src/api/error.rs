@@ -5,6 +5,7 @@
 use tonic::{Code, Status};
 
 use crate::apply::entry::ApplyError;
+use crate::auth::AuthError;
 
 use super::ConsensusError;
 
@@ -26,8 +27,19 @@ pub enum ApiError {
     InvalidSortOption,
     #[error("etcdserver: request is too large")]
     RequestTooLarge,
+    /// RoleGrantPermission without a permission.
+    #[error("etcdserver: permission not given")]
+    PermissionNotGiven,
     #[error(transparent)]
     Apply(#[from] ApplyError),
+    /// Auth refusals found in the API layer (a bad token, a read not permitted); the same
+    /// errors found while applying arrive as `Apply(ApplyError::Auth)`.
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    /// An auth refusal of an admin-only Maintenance RPC: etcd returns the auth package's own
+    /// error there, untranslated, so clients see code Unknown and "auth: permission denied".
+    #[error("auth: {}", .0.to_string().trim_start_matches("etcdserver: "))]
+    MaintenanceAuth(AuthError),
     #[error("etcdserver: server stopped")]
     Stopped,
     #[error("etcdserver: no leader")]
@@ -77,6 +89,7 @@ impl From<ConsensusError> for ApiError {
 impl ApiError {
     pub fn code(&self) -> Code {
         match self {
+            ApiError::Auth(error) | ApiError::Apply(ApplyError::Auth(error)) => auth_code(*error),
             ApiError::EmptyKey
             | ApiError::KeyTooLarge
             | ApiError::ValueProvided
@@ -85,6 +98,7 @@ impl ApiError {
             | ApiError::DuplicateKey
             | ApiError::InvalidSortOption
             | ApiError::RequestTooLarge
+            | ApiError::PermissionNotGiven
             | ApiError::Apply(ApplyError::KeyNotFound)
             | ApiError::MemberBadUrls => Code::InvalidArgument,
             ApiError::Apply(ApplyError::LeaseNotFound) | ApiError::MemberNotFound => Code::NotFound,
@@ -103,8 +117,30 @@ impl ApiError {
             | ApiError::MemberNotLearner
             | ApiError::PeerUrlExists => Code::FailedPrecondition,
             ApiError::MembershipUnsupported(_) => Code::Unimplemented,
-            ApiError::Internal(_) => Code::Unknown,
+            ApiError::Internal(_) | ApiError::MaintenanceAuth(_) => Code::Unknown,
         }
+    }
+}
+
+/// etcd's codes for auth errors (`rpctypes/error.go`).
+fn auth_code(error: AuthError) -> Code {
+    match error {
+        AuthError::UserEmpty
+        | AuthError::RoleEmpty
+        | AuthError::AuthFailed
+        | AuthError::InvalidAuthMgmt
+        | AuthError::AuthOldRevision => Code::InvalidArgument,
+        AuthError::RootUserNotExist
+        | AuthError::RootRoleNotExist
+        | AuthError::UserAlreadyExist
+        | AuthError::UserNotFound
+        | AuthError::RoleAlreadyExist
+        | AuthError::RoleNotFound
+        | AuthError::RoleNotGranted
+        | AuthError::PermissionNotGranted
+        | AuthError::AuthNotEnabled => Code::FailedPrecondition,
+        AuthError::PermissionDenied => Code::PermissionDenied,
+        AuthError::InvalidAuthToken => Code::Unauthenticated,
     }
 }
 
@@ -207,6 +243,102 @@ mod tests {
                 "etcdserver: Peer URLs already exists",
             ),
         ];
+        let auth = [
+            (
+                AuthError::RootUserNotExist,
+                Code::FailedPrecondition,
+                "etcdserver: root user does not exist",
+            ),
+            (
+                AuthError::RootRoleNotExist,
+                Code::FailedPrecondition,
+                "etcdserver: root user does not have root role",
+            ),
+            (
+                AuthError::UserAlreadyExist,
+                Code::FailedPrecondition,
+                "etcdserver: user name already exists",
+            ),
+            (
+                AuthError::UserEmpty,
+                Code::InvalidArgument,
+                "etcdserver: user name is empty",
+            ),
+            (
+                AuthError::UserNotFound,
+                Code::FailedPrecondition,
+                "etcdserver: user name not found",
+            ),
+            (
+                AuthError::RoleAlreadyExist,
+                Code::FailedPrecondition,
+                "etcdserver: role name already exists",
+            ),
+            (
+                AuthError::RoleNotFound,
+                Code::FailedPrecondition,
+                "etcdserver: role name not found",
+            ),
+            (
+                AuthError::RoleEmpty,
+                Code::InvalidArgument,
+                "etcdserver: role name is empty",
+            ),
+            (
+                AuthError::AuthFailed,
+                Code::InvalidArgument,
+                "etcdserver: authentication failed, invalid user ID or password",
+            ),
+            (
+                AuthError::PermissionDenied,
+                Code::PermissionDenied,
+                "etcdserver: permission denied",
+            ),
+            (
+                AuthError::RoleNotGranted,
+                Code::FailedPrecondition,
+                "etcdserver: role is not granted to the user",
+            ),
+            (
+                AuthError::PermissionNotGranted,
+                Code::FailedPrecondition,
+                "etcdserver: permission is not granted to the role",
+            ),
+            (
+                AuthError::AuthNotEnabled,
+                Code::FailedPrecondition,
+                "etcdserver: authentication is not enabled",
+            ),
+            (
+                AuthError::InvalidAuthToken,
+                Code::Unauthenticated,
+                "etcdserver: invalid auth token",
+            ),
+            (
+                AuthError::InvalidAuthMgmt,
+                Code::InvalidArgument,
+                "etcdserver: invalid auth management",
+            ),
+            (
+                AuthError::AuthOldRevision,
+                Code::InvalidArgument,
+                "etcdserver: revision of auth store is old",
+            ),
+        ];
+        assert_eq!(auth.len(), AuthError::ALL.len());
+        for (error, code, message) in auth {
+            for status in [
+                Status::from(ApiError::Auth(error)),
+                Status::from(ApiError::Apply(ApplyError::Auth(error))),
+            ] {
+                assert_eq!((status.code(), status.message()), (code, message));
+            }
+        }
+        let status = Status::from(ApiError::MaintenanceAuth(AuthError::PermissionDenied));
+        assert_eq!(
+            (status.code(), status.message()),
+            (Code::Unknown, "auth: permission denied")
+        );
         for (error, code, message) in cases {
             let status = Status::from(error);
             assert_eq!((status.code(), status.message()), (code, message));

@@ -1,4 +1,5 @@
-//! etcd's KV service: Range, Put, DeleteRange, Txn, Compact.
+//! etcd's KV service: Range, Put, DeleteRange, Txn, Compact. Reads are permission checked
+//! here, writes by the applier (see `api::auth`).
 
 use std::sync::Arc;
 
@@ -12,6 +13,7 @@ use tonic::{Request, Response, Status};
 use crate::apply::entry::{OutcomeResult, ProposalRequest};
 use crate::apply::exec::{self, ExecError, ReadAt};
 
+use super::auth::Caller;
 use super::{validate, ApiError, Context};
 
 pub struct KvService {
@@ -23,9 +25,33 @@ impl KvService {
         KvService { ctx }
     }
 
-    /// Proposes `request` and waits for its outcome; refusals come back as errors.
-    async fn propose(&self, request: ProposalRequest) -> Result<OutcomeResult, ApiError> {
-        self.ctx.propose(request).await
+    /// Proposes `request` for `caller` and waits for its outcome; refusals come back as errors.
+    async fn propose(
+        &self,
+        caller: &Caller,
+        request: ProposalRequest,
+    ) -> Result<OutcomeResult, ApiError> {
+        self.ctx.propose_as(caller, request).await
+    }
+
+    /// etcd's `doSerialize`: checks, reads, and reads again if the auth state moved meanwhile
+    /// (the check may no longer hold); bounded, then the last check stands.
+    fn serialize<T>(
+        &self,
+        caller: &Caller,
+        check: impl Fn() -> Result<(), ApiError>,
+        read: impl Fn() -> Result<T, ApiError>,
+    ) -> Result<T, ApiError> {
+        const ATTEMPTS_MAX: usize = 3;
+        let mut attempt = 0;
+        loop {
+            check()?;
+            let result = read()?;
+            attempt += 1;
+            if caller.is_current(&self.ctx) || attempt == ATTEMPTS_MAX {
+                return Ok(result);
+            }
+        }
     }
 
     async fn linearize(&self, serializable: bool) -> Result<(), ApiError> {
@@ -56,19 +82,26 @@ impl Kv for KvService {
         &self,
         request: Request<RangeRequest>,
     ) -> Result<Response<RangeResponse>, Status> {
+        let caller = self.ctx.caller(request.metadata())?;
         let req = request.into_inner();
         validate::check_range(&req)?;
         self.linearize(req.serializable).await?;
-        let mut resp = exec::range(&ReadAt::current(&self.ctx.mvcc), &req).map_err(exec_error)?;
+        let mut resp = self.serialize(
+            &caller,
+            || self.ctx.check_range(&caller, &req.key, &req.range_end),
+            || exec::range(&ReadAt::current(&self.ctx.mvcc), &req).map_err(exec_error),
+        )?;
         self.ctx.fill(&mut resp.header);
         Ok(Response::new(resp))
     }
 
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        let caller = self.ctx.caller(request.metadata())?;
         let req = request.into_inner();
         validate::check_put(&req)?;
         super::quota::check(&self.ctx, crate::apply::alarm::cost_put(&req)).await?;
-        let OutcomeResult::Put(mut resp) = self.propose(ProposalRequest::Put(req)).await? else {
+        let OutcomeResult::Put(mut resp) = self.propose(&caller, ProposalRequest::Put(req)).await?
+        else {
             return Err(unexpected("put"));
         };
         self.ctx.fill(&mut resp.header);
@@ -79,10 +112,12 @@ impl Kv for KvService {
         &self,
         request: Request<DeleteRangeRequest>,
     ) -> Result<Response<DeleteRangeResponse>, Status> {
+        let caller = self.ctx.caller(request.metadata())?;
         let req = request.into_inner();
         validate::check_delete(&req)?;
-        let OutcomeResult::DeleteRange(mut resp) =
-            self.propose(ProposalRequest::DeleteRange(req)).await?
+        let OutcomeResult::DeleteRange(mut resp) = self
+            .propose(&caller, ProposalRequest::DeleteRange(req))
+            .await?
         else {
             return Err(unexpected("delete"));
         };
@@ -91,6 +126,7 @@ impl Kv for KvService {
     }
 
     async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        let caller = self.ctx.caller(request.metadata())?;
         let req = request.into_inner();
         validate::check_txn(&req, self.ctx.limits.max_txn_ops)?;
         // After the op count check, so a huge txn cannot make this quadratic.
@@ -98,10 +134,15 @@ impl Kv for KvService {
         validate::check_intervals(&req.failure)?;
         let mut resp = if exec::is_txn_read_only(&req) {
             self.linearize(exec::is_txn_serializable(&req)).await?;
-            exec::txn_read_only(&ReadAt::current(&self.ctx.mvcc), &req).map_err(exec_error)?
+            self.serialize(
+                &caller,
+                || self.ctx.check_txn(&caller, &req),
+                || exec::txn_read_only(&ReadAt::current(&self.ctx.mvcc), &req).map_err(exec_error),
+            )?
         } else {
             super::quota::check(&self.ctx, crate::apply::alarm::cost_txn(&req)).await?;
-            let OutcomeResult::Txn(resp) = self.propose(ProposalRequest::Txn(req)).await? else {
+            let OutcomeResult::Txn(resp) = self.propose(&caller, ProposalRequest::Txn(req)).await?
+            else {
                 return Err(unexpected("txn"));
             };
             resp
@@ -114,10 +155,12 @@ impl Kv for KvService {
         &self,
         request: Request<CompactionRequest>,
     ) -> Result<Response<CompactionResponse>, Status> {
+        let caller = self.ctx.caller(request.metadata())?;
         let req = request.into_inner();
         let physical = req.physical;
-        let OutcomeResult::Compaction(mut resp) =
-            self.propose(ProposalRequest::Compaction(req)).await?
+        let OutcomeResult::Compaction(mut resp) = self
+            .propose(&caller, ProposalRequest::Compaction(req))
+            .await?
         else {
             return Err(unexpected("compaction"));
         };

@@ -144,6 +144,7 @@ impl Lease for LeaseService {
         &self,
         request: Request<LeaseGrantRequest>,
     ) -> Result<Response<LeaseGrantResponse>, Status> {
+        let caller = self.inner.ctx.caller(request.metadata())?;
         let mut req = request.into_inner();
         let inner = &self.inner;
         req.ttl = req.ttl.max(inner.config.ttl_min_secs);
@@ -153,8 +154,10 @@ impl Lease for LeaseService {
                 .find(|&id| id != 0 && !inner.ctx.lessor.contains(id))
                 .ok_or(ApiError::Apply(ApplyError::LeaseExists))?;
         }
-        let OutcomeResult::LeaseGrant(mut resp) =
-            inner.ctx.propose(ProposalRequest::LeaseGrant(req)).await?
+        let OutcomeResult::LeaseGrant(mut resp) = inner
+            .ctx
+            .propose_as(&caller, ProposalRequest::LeaseGrant(req))
+            .await?
         else {
             return Err(unexpected("lease grant"));
         };
@@ -166,11 +169,12 @@ impl Lease for LeaseService {
         &self,
         request: Request<LeaseRevokeRequest>,
     ) -> Result<Response<LeaseRevokeResponse>, Status> {
+        let caller = self.inner.ctx.caller(request.metadata())?;
         let req = request.into_inner();
         let OutcomeResult::LeaseRevoke(mut resp) = self
             .inner
             .ctx
-            .propose(ProposalRequest::LeaseRevoke(req))
+            .propose_as(&caller, ProposalRequest::LeaseRevoke(req))
             .await?
         else {
             return Err(unexpected("lease revoke"));
@@ -274,9 +278,9 @@ pub async fn run_expiry(ctx: Arc<Context>, config: LeaseConfig) {
         let expired = ctx
             .lessor
             .take_expired(config.revokes_per_round, config.expired_retry);
-        let revokes = expired
-            .into_iter()
-            .map(|id| ctx.propose(ProposalRequest::LeaseRevoke(LeaseRevokeRequest { id })));
+        let revokes = expired.into_iter().map(|id| {
+            ctx.propose_internal(ProposalRequest::LeaseRevoke(LeaseRevokeRequest { id }))
+        });
         let mut failed = 0usize;
         let mut first_error = None;
         for result in futures::future::join_all(revokes).await {

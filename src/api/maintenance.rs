@@ -46,6 +46,16 @@ impl MaintenanceService {
         MaintenanceService { ctx }
     }
 
+    /// etcd's `authMaintenanceServer`: these RPCs are for admins (the root role) only.
+    fn admin<T>(&self, request: &Request<T>) -> Result<(), ApiError> {
+        let untranslated = |error| match error {
+            ApiError::Auth(error) => ApiError::MaintenanceAuth(error),
+            other => other,
+        };
+        let caller = self.ctx.caller(request.metadata()).map_err(untranslated)?;
+        self.ctx.check_admin(&caller).map_err(untranslated)
+    }
+
     fn header(&self, revision: i64) -> Option<ResponseHeader> {
         let mut header = Some(ResponseHeader {
             revision,
@@ -145,8 +155,9 @@ impl Maintenance for MaintenanceService {
 
     async fn defragment(
         &self,
-        _: Request<DefragmentRequest>,
+        request: Request<DefragmentRequest>,
     ) -> Result<Response<DefragmentResponse>, Status> {
+        self.admin(&request)?;
         let mvcc = self.ctx.mvcc.clone();
         blocking(move || defragment(&mvcc)).await?;
         Ok(Response::new(DefragmentResponse {
@@ -154,7 +165,8 @@ impl Maintenance for MaintenanceService {
         }))
     }
 
-    async fn hash(&self, _: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+    async fn hash(&self, request: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+        self.admin(&request)?;
         let mvcc = self.ctx.mvcc.clone();
         let (hash, revision) = blocking(move || {
             let view = mvcc
@@ -174,6 +186,7 @@ impl Maintenance for MaintenanceService {
         &self,
         request: Request<HashKvRequest>,
     ) -> Result<Response<HashKvResponse>, Status> {
+        self.admin(&request)?;
         let rev = request.into_inner().revision;
         let mvcc = self.ctx.mvcc.clone();
         let hashed = blocking(move || {
@@ -193,8 +206,9 @@ impl Maintenance for MaintenanceService {
 
     async fn snapshot(
         &self,
-        _: Request<SnapshotRequest>,
+        request: Request<SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
+        self.admin(&request)?;
         // Pinned here, so the stream is the state when the call arrived.
         let view = self
             .ctx
@@ -234,6 +248,7 @@ impl Maintenance for MaintenanceService {
         &self,
         request: Request<MoveLeaderRequest>,
     ) -> Result<Response<MoveLeaderResponse>, Status> {
+        self.admin(&request)?;
         let target = request.into_inner().target_id;
         if self.ctx.consensus.status().leader_id != self.ctx.member_id {
             return Err(ApiError::NotLeader.into());

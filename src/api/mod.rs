@@ -3,6 +3,7 @@
 //! [`Consensus`], reads are served from MVCC after a ReadIndex (or at once when serializable),
 //! and every error is turned into a gRPC status in one place (`error`).
 
+pub mod auth;
 pub mod cluster;
 pub mod error;
 pub mod http;
@@ -21,6 +22,7 @@ use futures::future::BoxFuture;
 use ringkv_proto::etcdserverpb::ResponseHeader;
 
 use crate::apply::entry::{ApplyError, Outcome, OutcomeResult, Proposal, ProposalRequest};
+use crate::auth::AuthStore;
 use crate::lease::Lessor;
 use crate::mvcc::Mvcc;
 
@@ -83,6 +85,8 @@ pub struct Context {
     pub limits: Limits,
     /// The applier's leases (read and renewed by the Lease service).
     pub lessor: Arc<Lessor>,
+    /// The applier's auth state and this member's tokens (`api::auth` checks callers).
+    pub auth: Arc<AuthStore>,
 }
 
 impl Context {
@@ -94,10 +98,16 @@ impl Context {
         header.raft_term = self.consensus.status().term;
     }
 
-    /// Proposes `request` and waits for its outcome; refusals come back as errors.
+    /// Proposes `request` as an anonymous client (no token) and waits for its outcome;
+    /// refusals come back as errors. A client's request goes through `propose_as` instead.
     pub async fn propose(&self, request: ProposalRequest) -> Result<OutcomeResult, ApiError> {
+        self.submit(Proposal::new(request)).await
+    }
+
+    /// Proposes `proposal` and waits for its outcome; refusals come back as errors.
+    async fn submit(&self, proposal: Proposal) -> Result<OutcomeResult, ApiError> {
         use prost::Message;
-        let data = Proposal::new(request).encode_to_vec();
+        let data = proposal.encode_to_vec();
         if data.len() as u64 > self.limits.max_request_bytes {
             return Err(ApiError::RequestTooLarge);
         }

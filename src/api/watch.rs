@@ -26,6 +26,7 @@ use ringkv_proto::etcdserverpb::{ResponseHeader, WatchCreateRequest, WatchReques
 use ringkv_proto::mvccpb;
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
+use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::apply::exec::to_pb;
@@ -33,6 +34,17 @@ use crate::mvcc::{Event, EventKind, RangeOptions};
 use crate::watch::{CatchUp, Delivery, Hub, KeyRange, StreamHandle, WatchSpec};
 
 use super::{ApiError, Context};
+
+/// A status as grpc-go's `status.Error` prints it: etcd puts that text in a refused watch's
+/// `cancel_reason` (e.g. "rpc error: code = PermissionDenied desc = etcdserver: permission
+/// denied"), and clients print it.
+fn go_status_text(status: &Status) -> String {
+    format!(
+        "rpc error: code = {:?} desc = {}",
+        status.code(),
+        status.message()
+    )
+}
 
 /// etcd's answer to a create that failed names no watcher.
 const INVALID_WATCH_ID: i64 = -1;
@@ -58,10 +70,12 @@ impl Watch for WatchService {
         &self,
         request: Request<Streaming<WatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        let metadata = request.metadata().clone();
         let incoming = request.into_inner();
         let (tx, rx) = mpsc::channel(self.hub.config().stream_send_depth);
         let session = Session {
             ctx: self.ctx.clone(),
+            metadata,
             stream: self.hub.open_stream(),
             tx,
             options: HashMap::new(),
@@ -90,6 +104,8 @@ struct Closed;
 
 struct Session {
     ctx: Arc<Context>,
+    /// The stream's request metadata: its auth token, checked at every create as etcd does.
+    metadata: MetadataMap,
     stream: StreamHandle,
     tx: mpsc::Sender<Outgoing>,
     options: HashMap<i64, Options>,
@@ -219,6 +235,19 @@ impl Session {
     }
 
     async fn create(&mut self, create: WatchCreateRequest) -> Result<(), Closed> {
+        if let Err(refused) = self.check_permitted(&create) {
+            // etcd's answer: created and canceled at once, with the gRPC error's text.
+            let status = Status::from(refused);
+            let response = WatchResponse {
+                header: self.header(self.ctx.mvcc.current_revision()),
+                watch_id: create.watch_id,
+                created: true,
+                canceled: true,
+                cancel_reason: go_status_text(&status),
+                ..WatchResponse::default()
+            };
+            return self.send(response).await;
+        }
         let filters = |wanted: FilterType| create.filters.contains(&(wanted as i32));
         let created = KeyRange::from_request(&create.key, &create.range_end).and_then(|range| {
             self.stream.create(WatchSpec {
@@ -340,6 +369,15 @@ impl Session {
         };
         let result = self.ctx.mvcc.range(&event.kv.key, &[], &opts).ok()?;
         result.kvs.into_iter().next().map(to_pb)
+    }
+
+    /// etcd's `isWatchPermitted`: the stream's token names a caller who may read the range
+    /// (an unknown or expired token is refused; no token is the anonymous caller, refused with
+    /// "user name is empty" while auth is enabled).
+    fn check_permitted(&self, create: &WatchCreateRequest) -> Result<(), ApiError> {
+        let caller = self.ctx.caller(&self.metadata)?;
+        self.ctx
+            .check_range(&caller, &create.key, &create.range_end)
     }
 
     fn header(&self, revision: i64) -> Option<ResponseHeader> {

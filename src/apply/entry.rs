@@ -10,14 +10,36 @@
 //!                            TxnRequest txn = 3; CompactionRequest compaction = 4;
 //!                            LeaseGrantRequest lease_grant = 6;
 //!                            LeaseRevokeRequest lease_revoke = 7;
-//!                            AlarmRequest alarm = 10; } }
+//!                            AlarmRequest alarm = 10;
+//!                            /* auth, 20-35: etcd's Auth*Request messages */
+//!                            AuthEnableRequest auth_enable = 20;
+//!                            AuthDisableRequest auth_disable = 21;
+//!                            AuthenticateEntry authenticate = 22;
+//!                            AuthUserAddRequest user_add = 23;  /* hashed_password only */
+//!                            AuthUserDeleteRequest user_delete = 24;
+//!                            AuthUserChangePasswordRequest user_change_password = 25;
+//!                            AuthUserGrantRoleRequest user_grant_role = 26;
+//!                            AuthUserRevokeRoleRequest user_revoke_role = 27;
+//!                            AuthRoleAddRequest role_add = 28;
+//!                            AuthRoleDeleteRequest role_delete = 29;
+//!                            AuthRoleGrantPermissionRequest role_grant_permission = 30;
+//!                            AuthRoleRevokePermissionRequest role_revoke_permission = 31; }
+//!            AuthHeader auth = 39; }
+//! AuthenticateEntry { string name = 1; string token_prefix = 2; }
+//! AuthHeader { string username = 1; uint64 revision = 2; bool internal = 3; }
 //! Outcome  { oneof result  { PutResponse put = 1; DeleteRangeResponse delete_range = 2;
 //!                            TxnResponse txn = 3; CompactionResponse compaction = 4;
 //!                            int32 error = 5; /* ApplyError::code */
 //!                            LeaseGrantResponse lease_grant = 6;
 //!                            LeaseRevokeResponse lease_revoke = 7;
-//!                            AlarmResponse alarm = 10; } }
+//!                            AlarmResponse alarm = 10;
+//!                            /* 20-31: the matching Auth*Response */ } }
 //! ```
+//!
+//! `auth` names the client that sent the request (see `crate::auth`): absent for a client that
+//! sent no token, `internal` for requests the server makes itself (lease expiry), which are
+//! not checked. Passwords never enter the log: `user_add` and `user_change_password` carry
+//! only the bcrypt hash, made by the API.
 //!
 //! Tags 8 and 9 are reserved for leases (checkpoints) in both messages. A `lease_grant` entry
 //! carries a non-zero id (the API picks one when the client asks for 0) and the TTL already
@@ -28,7 +50,14 @@
 //! applied as nothing and answered with an empty outcome.
 
 use ringkv_proto::etcdserverpb::{
-    AlarmRequest, AlarmResponse, CompactionRequest, CompactionResponse, DeleteRangeRequest,
+    AlarmRequest, AlarmResponse, AuthDisableRequest, AuthDisableResponse, AuthEnableRequest,
+    AuthEnableResponse, AuthRoleAddRequest, AuthRoleAddResponse, AuthRoleDeleteRequest,
+    AuthRoleDeleteResponse, AuthRoleGrantPermissionRequest, AuthRoleGrantPermissionResponse,
+    AuthRoleRevokePermissionRequest, AuthRoleRevokePermissionResponse, AuthUserAddRequest,
+    AuthUserAddResponse, AuthUserChangePasswordRequest, AuthUserChangePasswordResponse,
+    AuthUserDeleteRequest, AuthUserDeleteResponse, AuthUserGrantRoleRequest,
+    AuthUserGrantRoleResponse, AuthUserRevokeRoleRequest, AuthUserRevokeRoleResponse,
+    AuthenticateResponse, CompactionRequest, CompactionResponse, DeleteRangeRequest,
     DeleteRangeResponse, LeaseGrantRequest, LeaseGrantResponse, LeaseRevokeRequest,
     LeaseRevokeResponse, PutRequest, PutResponse, TxnRequest, TxnResponse,
 };
@@ -36,8 +65,37 @@ use ringkv_proto::etcdserverpb::{
 /// A write request as it travels through raft.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Proposal {
-    #[prost(oneof = "ProposalRequest", tags = "1, 2, 3, 4, 6, 7, 10")]
+    #[prost(
+        oneof = "ProposalRequest",
+        tags = "1, 2, 3, 4, 6, 7, 10, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31"
+    )]
     pub request: Option<ProposalRequest>,
+    /// The client that sent the request (`crate::auth`).
+    #[prost(message, optional, tag = "39")]
+    pub auth: Option<AuthHeader>,
+}
+
+/// Who proposed an entry: etcd's `RequestHeader.{Username, AuthRevision}`.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct AuthHeader {
+    #[prost(string, tag = "1")]
+    pub username: String,
+    /// The auth revision at which the caller's token was checked; 0: no token.
+    #[prost(uint64, tag = "2")]
+    pub revision: u64,
+    /// Made by the server itself (lease expiry): no permission applies.
+    #[prost(bool, tag = "3")]
+    pub internal: bool,
+}
+
+/// etcd's `InternalAuthenticateRequest`: the password was checked by the API; the token is
+/// `<token_prefix>.<entry index>`.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct AuthenticateEntry {
+    #[prost(string, tag = "1")]
+    pub name: String,
+    #[prost(string, tag = "2")]
+    pub token_prefix: String,
 }
 
 #[derive(Clone, PartialEq, prost::Oneof)]
@@ -57,12 +115,39 @@ pub enum ProposalRequest {
     /// etcd's `Alarm` (GET, ACTIVATE, DEACTIVATE): alarms are replicated state.
     #[prost(message, tag = "10")]
     Alarm(AlarmRequest),
+    #[prost(message, tag = "20")]
+    AuthEnable(AuthEnableRequest),
+    #[prost(message, tag = "21")]
+    AuthDisable(AuthDisableRequest),
+    #[prost(message, tag = "22")]
+    Authenticate(AuthenticateEntry),
+    #[prost(message, tag = "23")]
+    UserAdd(AuthUserAddRequest),
+    #[prost(message, tag = "24")]
+    UserDelete(AuthUserDeleteRequest),
+    #[prost(message, tag = "25")]
+    UserChangePassword(AuthUserChangePasswordRequest),
+    #[prost(message, tag = "26")]
+    UserGrantRole(AuthUserGrantRoleRequest),
+    #[prost(message, tag = "27")]
+    UserRevokeRole(AuthUserRevokeRoleRequest),
+    #[prost(message, tag = "28")]
+    RoleAdd(AuthRoleAddRequest),
+    #[prost(message, tag = "29")]
+    RoleDelete(AuthRoleDeleteRequest),
+    #[prost(message, tag = "30")]
+    RoleGrantPermission(AuthRoleGrantPermissionRequest),
+    #[prost(message, tag = "31")]
+    RoleRevokePermission(AuthRoleRevokePermissionRequest),
 }
 
 /// What applying one entry produced, returned to the proposer.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Outcome {
-    #[prost(oneof = "OutcomeResult", tags = "1, 2, 3, 4, 5, 6, 7, 10")]
+    #[prost(
+        oneof = "OutcomeResult",
+        tags = "1, 2, 3, 4, 5, 6, 7, 10, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31"
+    )]
     pub result: Option<OutcomeResult>,
 }
 
@@ -85,11 +170,38 @@ pub enum OutcomeResult {
     LeaseRevoke(LeaseRevokeResponse),
     #[prost(message, tag = "10")]
     Alarm(AlarmResponse),
+    #[prost(message, tag = "20")]
+    AuthEnable(AuthEnableResponse),
+    #[prost(message, tag = "21")]
+    AuthDisable(AuthDisableResponse),
+    #[prost(message, tag = "22")]
+    Authenticate(AuthenticateResponse),
+    #[prost(message, tag = "23")]
+    UserAdd(AuthUserAddResponse),
+    #[prost(message, tag = "24")]
+    UserDelete(AuthUserDeleteResponse),
+    #[prost(message, tag = "25")]
+    UserChangePassword(AuthUserChangePasswordResponse),
+    #[prost(message, tag = "26")]
+    UserGrantRole(AuthUserGrantRoleResponse),
+    #[prost(message, tag = "27")]
+    UserRevokeRole(AuthUserRevokeRoleResponse),
+    #[prost(message, tag = "28")]
+    RoleAdd(AuthRoleAddResponse),
+    #[prost(message, tag = "29")]
+    RoleDelete(AuthRoleDeleteResponse),
+    #[prost(message, tag = "30")]
+    RoleGrantPermission(AuthRoleGrantPermissionResponse),
+    #[prost(message, tag = "31")]
+    RoleRevokePermission(AuthRoleRevokePermissionResponse),
 }
 
 /// Expected refusals while applying: the entry changed nothing. Messages are etcd's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum ApplyError {
+    /// Auth refusals and failed permission checks (codes 30-49: 30 + `AuthError::code`).
+    #[error(transparent)]
+    Auth(#[from] crate::auth::AuthError),
     /// `ignore_value`/`ignore_lease` on a key that does not exist.
     #[error("etcdserver: key not found")]
     KeyNotFound,
@@ -111,6 +223,9 @@ pub enum ApplyError {
     #[error("etcdserver: mvcc: database space exceeded")]
     NoSpace,
 }
+
+const AUTH_CODE_BASE: i32 = 30;
+const _: () = assert!(crate::auth::AuthError::ALL.len() <= 20);
 
 impl ApplyError {
     const ALL: [ApplyError; 7] = [
@@ -135,10 +250,15 @@ impl ApplyError {
             ApplyError::LeaseTtlTooLarge => 11,
             // 20-29: alarms and quota.
             ApplyError::NoSpace => 20,
+            // 30-49: auth.
+            ApplyError::Auth(error) => AUTH_CODE_BASE + error.code(),
         }
     }
 
     pub fn from_code(code: i32) -> Option<ApplyError> {
+        if (AUTH_CODE_BASE..AUTH_CODE_BASE + 20).contains(&code) {
+            return crate::auth::AuthError::from_code(code - AUTH_CODE_BASE).map(ApplyError::Auth);
+        }
         ApplyError::ALL.into_iter().find(|e| e.code() == code)
     }
 }
@@ -147,6 +267,7 @@ impl Proposal {
     pub fn new(request: ProposalRequest) -> Proposal {
         Proposal {
             request: Some(request),
+            auth: None,
         }
     }
 }
@@ -184,6 +305,12 @@ mod tests {
         for error in ApplyError::ALL {
             assert_eq!(ApplyError::from_code(error.code()), Some(error));
         }
+        for error in crate::auth::AuthError::ALL {
+            let error = ApplyError::Auth(error);
+            assert!((30..50).contains(&error.code()));
+            assert_eq!(ApplyError::from_code(error.code()), Some(error));
+        }
+        assert_eq!(ApplyError::from_code(49), None);
         assert_eq!(ApplyError::from_code(0), None);
     }
 }

@@ -27,9 +27,14 @@
 //! written in the batch's commit, and the in-memory lessor is updated as each kept entry ends,
 //! so the next entry of the batch sees them (see `crate::lease`).
 //!
+//! Every entry first passes the auth check for the client named in its header (`auth`):
+//! refused, it changes nothing. Auth entries change the auth state and write its rows in the
+//! batch's commit (see `crate::auth`).
+//!
 //! A storage failure while applying is fatal: the applied state would no longer follow the log.
 
 pub mod alarm;
+pub mod auth;
 pub mod entry;
 pub mod exec;
 pub mod lease;
@@ -39,6 +44,7 @@ use ringkv_proto::etcdserverpb::{CompactionRequest, CompactionResponse, Response
 
 use std::sync::Arc;
 
+use crate::auth::{AuthConfig, AuthStore};
 use crate::lease::{self as lessor, Lessor, MonotonicClock};
 use crate::mvcc::{Mvcc, MvccBatch};
 use crate::page_store::BackgroundCheckpointer;
@@ -60,6 +66,7 @@ pub struct Applier {
     on_commit: Option<CommitHook>,
     /// Makes published batches durable; its drop (the applier's) checkpoints a last time.
     _checkpointer: BackgroundCheckpointer,
+    auth: Arc<AuthStore>,
 }
 
 impl Applier {
@@ -78,6 +85,10 @@ impl Applier {
         let applied_index = mvcc.page_store().consistent_index();
         let compactor = Compactor::spawn(mvcc.clone());
         let guard = alarm::Guard::load(&mvcc);
+        let auth = AuthStore::open(&mvcc, AuthConfig::default()).unwrap_or_else(|error| {
+            eprintln!("ringkv: fatal: cannot load the auth state: {error}");
+            std::process::abort();
+        });
         let checkpointer = mvcc.page_store().spawn_checkpointer();
         Applier {
             mvcc,
@@ -87,7 +98,21 @@ impl Applier {
             lessor,
             on_commit: None,
             _checkpointer: checkpointer,
+            auth: Arc::new(auth),
         }
+    }
+
+    /// Uses `auth` (`AuthStore::open` on this store, with this member's settings) instead of
+    /// the store loaded with the default settings.
+    #[must_use]
+    pub fn with_auth(mut self, auth: Arc<AuthStore>) -> Applier {
+        self.auth = auth;
+        self
+    }
+
+    /// The auth state this applier maintains; the API reads it and checks tokens in it.
+    pub fn auth(&self) -> &Arc<AuthStore> {
+        &self.auth
     }
 
     /// This member's `--quota-backend-bytes` (none until set).
@@ -152,7 +177,22 @@ impl Applier {
             let proposal = Proposal::decode(data).unwrap_or_else(|error| {
                 panic!("raft entry {index} is not a ringkv proposal: {error}")
             });
+            let checked = proposal.request.as_ref().map_or(Ok(()), |request| {
+                auth::check(&self.auth, &self.lessor, proposal.auth.as_ref(), request)
+            });
             let outcome = match proposal.request {
+                Some(_) if checked.is_err() => {
+                    // Refused: nothing changes, but the batch records the index.
+                    batch.get_or_insert_with(|| mvcc.batch());
+                    Outcome::from_result(Err(checked.unwrap_err().into()))
+                }
+                Some(request) if auth::is_auth(&request) => {
+                    let batch = batch.get_or_insert_with(|| mvcc.batch());
+                    match auth::apply(&self.auth, batch, index, request) {
+                        Ok(result) => Outcome::from_result(result.map_err(Into::into)),
+                        Err(error) => fatal(index, &error),
+                    }
+                }
                 Some(ProposalRequest::Compaction(req)) => {
                     if let Some(batch) = batch.take() {
                         self.finish(batch, last);
@@ -255,6 +295,7 @@ fn execute(
         }
         ProposalRequest::Compaction(_) => unreachable!("a compaction ends the batch"),
         ProposalRequest::Alarm(_) => unreachable!("alarms are applied by the guard"),
+        other => unreachable!("auth entries are applied by apply::auth: {other:?}"),
     };
     match result {
         Ok(result) => {

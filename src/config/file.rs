@@ -45,6 +45,12 @@ pub struct FileConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_txn_ops: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_token: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bcrypt_cost: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_token_ttl: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auto_compaction_mode: Option<CompactionMode>,
     /// A string in etcd; a bare YAML number is accepted too.
     #[serde(
@@ -117,6 +123,9 @@ impl FileConfig {
             "quota-backend-bytes" => self.quota_backend_bytes.is_some(),
             "max-request-bytes" => self.max_request_bytes.is_some(),
             "max-txn-ops" => self.max_txn_ops.is_some(),
+            "auth-token" => self.auth_token.is_some(),
+            "bcrypt-cost" => self.bcrypt_cost.is_some(),
+            "auth-token-ttl" => self.auth_token_ttl.is_some(),
             "auto-compaction-mode" => self.auto_compaction_mode.is_some(),
             "auto-compaction-retention" => self.auto_compaction_retention.is_some(),
             "log-level" => self.log_level.is_some(),

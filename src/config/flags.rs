@@ -33,6 +33,14 @@ pub mod defaults {
     pub const MAX_REQUEST_BYTES: u64 = 1_572_864;
     pub const MAX_TXN_OPS: u64 = 128;
     pub const AUTO_COMPACTION_RETENTION: &str = "0";
+    /// etcd's `--auth-token` default: simple tokens.
+    pub const AUTH_TOKEN: &str = "simple";
+    /// etcd's `--bcrypt-cost` default, and its valid range (Go's bcrypt.MinCost..MaxCost).
+    pub const BCRYPT_COST: u32 = 10;
+    pub const BCRYPT_COST_MIN: u32 = 4;
+    pub const BCRYPT_COST_MAX: u32 = 31;
+    /// etcd's `--auth-token-ttl` default, in seconds.
+    pub const AUTH_TOKEN_TTL_SECS: u64 = 300;
     /// etcd's `maxElectionMs`.
     pub const ELECTION_TIMEOUT_MAX_MS: u64 = 50_000;
 
@@ -124,6 +132,18 @@ pub struct Flags {
     #[arg(long, env = "ETCD_MAX_TXN_OPS", default_value_t = defaults::MAX_TXN_OPS, value_name = "N")]
     pub max_txn_ops: u64,
 
+    /// Auth token type and options, etcd's syntax: 'simple' (jwt is not supported).
+    #[arg(long, env = "ETCD_AUTH_TOKEN", default_value = defaults::AUTH_TOKEN, value_name = "SPEC")]
+    pub auth_token: String,
+
+    /// Cost of the bcrypt hashes of auth passwords (4 to 31; others mean 10, as in etcd).
+    #[arg(long, env = "ETCD_BCRYPT_COST", default_value_t = defaults::BCRYPT_COST, value_name = "N")]
+    pub bcrypt_cost: u32,
+
+    /// Seconds an auth token stays valid after its last use.
+    #[arg(long, env = "ETCD_AUTH_TOKEN_TTL", default_value_t = defaults::AUTH_TOKEN_TTL_SECS, value_name = "SECONDS")]
+    pub auth_token_ttl: u64,
+
     /// periodic: retention is hours or a duration (30m); revision: retention is a revision count.
     #[arg(
         long,
@@ -184,6 +204,9 @@ pub const SETTING_IDS: &[&str] = &[
     "quota_backend_bytes",
     "max_request_bytes",
     "max_txn_ops",
+    "auth_token",
+    "bcrypt_cost",
+    "auth_token_ttl",
     "auto_compaction_mode",
     "auto_compaction_retention",
     "log_level",

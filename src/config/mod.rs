@@ -14,6 +14,7 @@
 //!
 //! Every error names where the bad value came from: `flag --x`, `ETCD_X`, or a config-file key.
 
+pub mod auth_token;
 pub mod cluster;
 pub mod compaction;
 pub mod file;
@@ -84,6 +85,12 @@ pub struct Config {
     pub quota_backend_bytes: u64,
     pub max_request_bytes: u64,
     pub max_txn_ops: u64,
+    /// `--auth-token`, checked: a `simple` spec.
+    pub auth_token: String,
+    /// Invariant: within `BCRYPT_COST_MIN..=BCRYPT_COST_MAX`.
+    pub bcrypt_cost: u32,
+    /// Invariant: not zero.
+    pub auth_token_ttl: Duration,
     pub auto_compaction_mode: CompactionMode,
     pub auto_compaction: AutoCompaction,
     pub log_level: LogLevel,
@@ -160,6 +167,9 @@ struct Raw {
     quota_backend_bytes: i64,
     max_request_bytes: u64,
     max_txn_ops: u64,
+    auth_token: String,
+    bcrypt_cost: u32,
+    auth_token_ttl: u64,
     auto_compaction_mode: CompactionMode,
     auto_compaction_retention: String,
     log_level: LogLevel,
@@ -236,6 +246,13 @@ where
         notices.extend(unrecognized_env());
         Raw::from_flags(flags, &matches)
     };
+    if !(defaults::BCRYPT_COST_MIN..=defaults::BCRYPT_COST_MAX).contains(&raw.bcrypt_cost) {
+        notices.push(format!(
+            "use default bcrypt-cost {} instead of the invalid value {}",
+            defaults::BCRYPT_COST,
+            raw.bcrypt_cost
+        ));
+    }
     let config = resolve(raw, cores)?;
     if config.quota_backend_bytes > defaults::QUOTA_BACKEND_BYTES_RECOMMENDED_MAX {
         notices.push(format!(
@@ -364,6 +381,9 @@ impl Raw {
             quota_backend_bytes: flags.quota_backend_bytes,
             max_request_bytes: flags.max_request_bytes,
             max_txn_ops: flags.max_txn_ops,
+            auth_token: flags.auth_token,
+            bcrypt_cost: flags.bcrypt_cost,
+            auth_token_ttl: flags.auth_token_ttl,
             auto_compaction_mode: flags.auto_compaction_mode,
             auto_compaction_retention: flags.auto_compaction_retention,
             log_level: flags.log_level,
@@ -413,6 +433,11 @@ impl Raw {
                 .max_request_bytes
                 .unwrap_or(defaults::MAX_REQUEST_BYTES),
             max_txn_ops: file.max_txn_ops.unwrap_or(defaults::MAX_TXN_OPS),
+            auth_token: file
+                .auth_token
+                .unwrap_or_else(|| defaults::AUTH_TOKEN.to_owned()),
+            bcrypt_cost: file.bcrypt_cost.unwrap_or(defaults::BCRYPT_COST),
+            auth_token_ttl: file.auth_token_ttl.unwrap_or(defaults::AUTH_TOKEN_TTL_SECS),
             auto_compaction_mode: file
                 .auto_compaction_mode
                 .unwrap_or(CompactionMode::Periodic),
@@ -528,6 +553,18 @@ fn resolve(raw: Raw, cores: usize) -> Result<Config, ConfigError> {
     if raw.name.is_empty() {
         return Err(raw.invalid("name", "", "must not be empty".to_owned()));
     }
+    auth_token::parse_spec(&raw.auth_token)
+        .map_err(|error| raw.invalid("auth-token", &raw.auth_token, error.to_string()))?;
+    if raw.auth_token_ttl == 0 {
+        return Err(raw.invalid("auth-token-ttl", "0", "must be greater than 0".to_owned()));
+    }
+    // etcd falls back to the default cost rather than refusing to start (`parse_args` warns).
+    let bcrypt_cost =
+        if (defaults::BCRYPT_COST_MIN..=defaults::BCRYPT_COST_MAX).contains(&raw.bcrypt_cost) {
+            raw.bcrypt_cost
+        } else {
+            defaults::BCRYPT_COST
+        };
 
     // etcd's UpdateDefaultClusterFromName: a member given only a name bootstraps alone.
     let initial_cluster =
@@ -567,6 +604,9 @@ fn resolve(raw: Raw, cores: usize) -> Result<Config, ConfigError> {
         quota_backend_bytes,
         max_request_bytes: raw.max_request_bytes,
         max_txn_ops: raw.max_txn_ops,
+        auth_token: raw.auth_token,
+        bcrypt_cost,
+        auth_token_ttl: Duration::from_secs(raw.auth_token_ttl),
         auto_compaction_mode: raw.auto_compaction_mode,
         auto_compaction,
         log_level: raw.log_level,
@@ -594,6 +634,9 @@ impl Config {
             quota_backend_bytes: Some(self.quota_backend_bytes as i64),
             max_request_bytes: Some(self.max_request_bytes),
             max_txn_ops: Some(self.max_txn_ops),
+            auth_token: Some(self.auth_token.clone()),
+            bcrypt_cost: Some(self.bcrypt_cost),
+            auth_token_ttl: Some(self.auth_token_ttl.as_secs()),
             auto_compaction_mode: Some(self.auto_compaction_mode),
             auto_compaction_retention: Some(self.auto_compaction.retention_string()),
             log_level: Some(self.log_level),

@@ -89,6 +89,19 @@ impl MvccBatch<'_> {
 }
 
 impl ExportView {
+    /// Every row of table `table` (a layer's own, at least `FOREIGN_TABLE_MIN`) in the view.
+    pub fn foreign_rows(&self, table: u8) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        assert!(
+            table >= super::FOREIGN_TABLE_MIN,
+            "table {table:#x} is MVCC's"
+        );
+        let mut rows = Vec::new();
+        for row in self.snap.range(&[table], Some(&[table + 1])) {
+            rows.push(row?);
+        }
+        Ok(rows)
+    }
+
     pub fn current_revision(&self) -> i64 {
         self.current
     }
@@ -193,6 +206,16 @@ impl<'a> Importer<'a> {
             self.txn.take().expect("open").commit(0)?;
         }
         Ok(())
+    }
+
+    /// Writes a row of a layer's own table (at least `FOREIGN_TABLE_MIN`).
+    pub fn put_foreign(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
+        assert!(
+            key.first().is_some_and(|&t| t >= super::FOREIGN_TABLE_MIN),
+            "{key:x?} is in a table MVCC owns"
+        );
+        let txn = self.txn.get_or_insert_with(|| self.store.begin_write());
+        Ok(txn.put(key, value)?)
     }
 
     pub fn put_aux(&mut self, name: &[u8], value: &[u8]) -> Result<()> {

@@ -34,6 +34,7 @@
 //! lease     0x04 ‖ id                                     -> granted TTL   (`src/lease/`)
 //! aux       0x05 ‖ name                                   -> value   (small replicated state
 //!             that is not keys, e.g. "alarms"; `MvccBatch::put_aux`, `Mvcc::aux`)
+//! auth      0x06 ‖ sub ‖ name                             -> users, roles, flags (`src/auth/`)
 //! ```
 //!
 //! `esc` writes each `0x00` byte of the key as `0x00 0xFF` and leaves other bytes alone, so the

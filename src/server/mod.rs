@@ -18,6 +18,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use ringkv_proto::etcdserverpb::auth_server::AuthServer;
 use ringkv_proto::etcdserverpb::cluster_server::ClusterServer;
 use ringkv_proto::etcdserverpb::kv_server::KvServer;
 use ringkv_proto::etcdserverpb::lease_server::LeaseServer;
@@ -28,6 +29,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::api::{self, Context, Limits};
 use crate::apply::Applier;
+use crate::auth::{AuthConfig, AuthStore, AuthStoreError};
 use crate::config::{Config, CorePlacement, Scheme, Url};
 use crate::lease::{LeaseConfig, LeaseError, Lessor, MonotonicClock};
 use crate::mvcc::{Mvcc, MvccError};
@@ -56,6 +58,8 @@ pub enum ServerError {
     Mvcc(#[from] MvccError),
     #[error("cannot load the leases: {0}")]
     Lease(#[from] LeaseError),
+    #[error("cannot load the auth state: {0}")]
+    Auth(#[from] AuthStoreError),
     #[error("cannot start raft: {0}")]
     Raft(#[from] RaftError),
     #[error("runtime: {0}")]
@@ -113,10 +117,18 @@ pub fn run(config: &Config) -> Result<(), ServerError> {
     );
     let lessor = Arc::new(Lessor::open(&mvcc, Arc::new(MonotonicClock))?);
     eprintln!("ringkv: info: loaded {} leases", lessor.len());
+    let auth = Arc::new(AuthStore::open(
+        &mvcc,
+        AuthConfig {
+            token_ttl: config.auth_token_ttl,
+            bcrypt_cost: config.bcrypt_cost,
+        },
+    )?);
     // Before the applier, so the hub has dispatched exactly what MVCC holds when it starts.
     let hub = Hub::new(mvcc.clone(), WatchConfig::default());
     let hook_hub = hub.clone();
     let mut applier = Applier::with_lessor(mvcc.clone(), lessor.clone())
+        .with_auth(auth.clone())
         .with_commit_hook(Box::new(move |rev| hook_hub.committed(rev)));
     applier.set_quota_backend_bytes(config.quota_backend_bytes);
     // Returns once the WAL is replayed into MVCC and this member leads.
@@ -136,6 +148,7 @@ pub fn run(config: &Config) -> Result<(), ServerError> {
             quota_backend_bytes: config.quota_backend_bytes,
         },
         lessor,
+        auth,
     });
 
     let grpc_core = config.tuning.placement.grpc;
@@ -259,6 +272,8 @@ async fn serve(
             lease_config.clone(),
         ))
         .max_decoding_message_size(max_decoding);
+        let auth = AuthServer::new(api::auth::AuthService::new(ctx.clone()))
+            .max_decoding_message_size(max_decoding);
         let cluster = ClusterServer::new(api::cluster::ClusterService::new(
             ctx.clone(),
             member.clone(),
@@ -270,7 +285,8 @@ async fn serve(
             .add_service(api::limit::GrpcGoLimitStatus(maintenance))
             .add_service(api::limit::GrpcGoLimitStatus(lease))
             .add_service(api::limit::GrpcGoLimitStatus(watch))
-            .add_service(api::limit::GrpcGoLimitStatus(cluster));
+            .add_service(api::limit::GrpcGoLimitStatus(cluster))
+            .add_service(api::limit::GrpcGoLimitStatus(auth));
         // Paths no gRPC service claims go to the HTTP endpoints; HTTP/1.1 is accepted for them.
         let routes = api::http::with_fallback(routes.routes(), http.clone());
         let mut stop = stop_rx.clone();

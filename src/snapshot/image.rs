@@ -10,8 +10,9 @@ use crate::mvcc::{ExportView, ExportedVersion, Revision};
 
 use super::bolt::{self, PAGE_BYTES};
 use super::{
-    alarm_key, revision_bytes, SnapshotError, ALARM_BUCKET, BUCKETS, CONSISTENT_INDEX,
-    FINISHED_COMPACT_REV, KEY_BUCKET, META_BUCKET, SCHEDULED_COMPACT_REV,
+    alarm_key, revision_bytes, SnapshotError, ALARM_BUCKET, AUTH_BUCKET, AUTH_ROLES_BUCKET,
+    AUTH_USERS_BUCKET, BUCKETS, CONSISTENT_INDEX, FINISHED_COMPACT_REV, KEY_BUCKET, META_BUCKET,
+    SCHEDULED_COMPACT_REV,
 };
 
 /// Bytes per chunk of a snapshot stream (etcd sends 32 KiB).
@@ -99,12 +100,18 @@ fn buckets(view: &ExportView) -> Result<Vec<(&'static [u8], Source<'_>)>, Snapsh
         .map(|a| (alarm_key(a), Vec::new()))
         .collect();
     alarm_entries.sort();
+    let auth = crate::auth::AuthBuckets::from_rows(view.foreign_rows(crate::auth::TABLE_AUTH)?)
+        .map_err(|e| SnapshotError::Invalid(format!("auth state in the store: {e}")))?;
+    let (mut auth_meta, mut users, mut roles) = (auth.auth, auth.users, auth.roles);
     let mut out = Vec::new();
     for name in BUCKETS {
         let source = match name {
             KEY_BUCKET => Source::Keys(view),
             META_BUCKET => Source::Mem(std::mem::take(&mut meta)),
             ALARM_BUCKET => Source::Mem(std::mem::take(&mut alarm_entries)),
+            AUTH_BUCKET => Source::Mem(std::mem::take(&mut auth_meta)),
+            AUTH_USERS_BUCKET => Source::Mem(std::mem::take(&mut users)),
+            AUTH_ROLES_BUCKET => Source::Mem(std::mem::take(&mut roles)),
             _ => Source::Mem(Vec::new()),
         };
         out.push((name, source));

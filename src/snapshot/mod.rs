@@ -88,6 +88,9 @@ pub enum SnapshotError {
 const KEY_BUCKET: &[u8] = b"key";
 const META_BUCKET: &[u8] = b"meta";
 const ALARM_BUCKET: &[u8] = b"alarm";
+const AUTH_BUCKET: &[u8] = b"auth";
+const AUTH_USERS_BUCKET: &[u8] = b"authUsers";
+const AUTH_ROLES_BUCKET: &[u8] = b"authRoles";
 const CONSISTENT_INDEX: &[u8] = b"consistent_index";
 const FINISHED_COMPACT_REV: &[u8] = b"finishedCompactRev";
 const SCHEDULED_COMPACT_REV: &[u8] = b"scheduledCompactRev";

@@ -15,8 +15,9 @@ use crate::page_store::{PageStore, PageStoreConfig, MAX_KEY_BYTES, MAX_VALUE_BYT
 
 use super::bolt::{BoltReader, BucketRoot};
 use super::{
-    parse_revision_bytes, SnapshotError, ALARM_BUCKET, FINISHED_COMPACT_REV, KEY_BUCKET,
-    META_BUCKET, SCHEDULED_COMPACT_REV, TRAILER_BYTES,
+    parse_revision_bytes, SnapshotError, ALARM_BUCKET, AUTH_BUCKET, AUTH_ROLES_BUCKET,
+    AUTH_USERS_BUCKET, FINISHED_COMPACT_REV, KEY_BUCKET, META_BUCKET, SCHEDULED_COMPACT_REV,
+    TRAILER_BYTES,
 };
 
 /// What `etcdctl snapshot status` reports.
@@ -187,6 +188,23 @@ fn build(db: &BoltReader, snap_dir: &Path) -> Result<Restored, SnapshotError> {
             Ok(())
         })?;
     }
+    // etcd's restore keeps users, roles and the enabled flag.
+    let mut auth = crate::auth::AuthBuckets::default();
+    for (name, entries) in [
+        (AUTH_BUCKET, &mut auth.auth),
+        (AUTH_USERS_BUCKET, &mut auth.users),
+        (AUTH_ROLES_BUCKET, &mut auth.roles),
+    ] {
+        if let Some(root) = bucket(name) {
+            db.for_each(root, &mut |k, v, _| {
+                entries.push((k.to_vec(), v.to_vec()));
+                Ok(())
+            })?;
+        }
+    }
+    let auth_rows = auth
+        .into_rows()
+        .map_err(|e| invalid(format!("auth buckets: {e}")))?;
 
     std::fs::create_dir_all(snap_dir)?;
     let store = PageStore::open(snap_dir, PageStoreConfig::default())?;
@@ -205,6 +223,9 @@ fn build(db: &BoltReader, snap_dir: &Path) -> Result<Restored, SnapshotError> {
     })?;
     if !alarms.is_empty() {
         importer.put_aux(AUX_ALARMS, &alarms.encode())?;
+    }
+    for (key, value) in &auth_rows {
+        importer.put_foreign(key, value)?;
     }
     let finished_at = finished.max(-1);
     let current = importer.finish(last.map_or(1, |r| r.main).max(scheduled), finished_at)?;
