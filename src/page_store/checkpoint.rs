@@ -254,6 +254,19 @@ pub struct BackgroundCheckpointer {
 }
 
 impl PageStore {
+    /// One bounded cleaner step (`background_clean_segments`) if dead bytes exceed both the
+    /// live bytes and four segments; otherwise nothing. Returns the bytes freed.
+    pub fn clean_if_mostly_garbage(&self) -> Result<u64> {
+        let config = &self.inner.config;
+        let space = self.space();
+        let dead = space.file_bytes.saturating_sub(space.live_bytes);
+        let slack = 4 * config.segment_bytes as u64;
+        if config.background_clean_segments == 0 || dead <= space.live_bytes.max(slack) {
+            return Ok(0);
+        }
+        Ok(self.clean(config.background_clean_segments)?.bytes_freed)
+    }
+
     /// Starts the checkpointer on its own thread. Without one, the store still checkpoints
     /// on `commit`, `checkpoint`, the cleaner, and when the unwritten pages reach their bound.
     pub fn spawn_checkpointer(&self) -> BackgroundCheckpointer {
@@ -285,6 +298,10 @@ impl PageStore {
                         // (and meets the error there, which poisons the store).
                         if let Err(e) = inner.prepare_spare_segment() {
                             eprintln!("ringkv: warning: preparing a spare segment failed: {e}");
+                        }
+                        if let Err(e) = store.clean_if_mostly_garbage() {
+                            eprintln!("ringkv: error: background cleaning failed: {e}");
+                            return Err(e);
                         }
                     }
                 })

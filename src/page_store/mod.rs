@@ -261,6 +261,11 @@
 //! lock for that step only, it copies every live page out (making its path dirty) and commits:
 //! the pages move to the log tail, parents with them. Readers never wait for the cleaner.
 //! [`PageStore::spawn_cleaner`] runs these steps on a background thread at an interval.
+//! The background checkpointer (`spawn_checkpointer`) also runs one step of
+//! `background_clean_segments` after a checkpoint whenever dead bytes exceed both the live bytes
+//! and four segments (`PageStore::clean_if_mostly_garbage`): each checkpoint rewrites what it
+//! changed, so a store that is only ever written must be cleaned as it goes, not only when MVCC
+//! compaction or `defrag` asks.
 //!
 //! # Memory
 //!
@@ -344,6 +349,11 @@ pub struct PageStoreConfig {
     /// Bound on the memory of published pages not yet written: at half of it the background
     /// checkpointer is woken, at all of it a publish checkpoints before it returns.
     pub dirty_bytes_max: usize,
+    /// Segments the background checkpointer cleans after a checkpoint once the store is mostly
+    /// garbage (dead bytes above both the live bytes and four segments): every checkpoint
+    /// rewrites the pages it changed, so without this a write-heavy store grows until
+    /// compaction or `defrag` runs the cleaner. 0 leaves cleaning to them.
+    pub background_clean_segments: usize,
 }
 
 impl Default for PageStoreConfig {
@@ -354,6 +364,7 @@ impl Default for PageStoreConfig {
             clean_live_percent_max: 50,
             checkpoint_interval: Duration::from_millis(100),
             dirty_bytes_max: 64 << 20,
+            background_clean_segments: 2,
         }
     }
 }
