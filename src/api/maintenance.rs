@@ -17,8 +17,7 @@ use ringkv_proto::etcdserverpb::maintenance_server::Maintenance;
 use ringkv_proto::etcdserverpb::{
     AlarmRequest, AlarmResponse, DefragmentRequest, DefragmentResponse, DowngradeRequest,
     DowngradeResponse, HashKvRequest, HashKvResponse, HashRequest, HashResponse, MoveLeaderRequest,
-    MoveLeaderResponse, ResponseHeader, SnapshotRequest, SnapshotResponse, StatusRequest,
-    StatusResponse,
+    MoveLeaderResponse, SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse,
 };
 use tonic::{Request, Response, Status};
 
@@ -54,15 +53,6 @@ impl MaintenanceService {
         };
         let caller = self.ctx.caller(request.metadata()).map_err(untranslated)?;
         self.ctx.check_admin(&caller).map_err(untranslated)
-    }
-
-    fn header(&self, revision: i64) -> Option<ResponseHeader> {
-        let mut header = Some(ResponseHeader {
-            revision,
-            ..ResponseHeader::default()
-        });
-        self.ctx.fill(&mut header);
-        header
     }
 }
 
@@ -116,7 +106,7 @@ impl Maintenance for MaintenanceService {
             errors.push(alarm_text(alarm.member_id, alarm.alarm));
         }
         Ok(Response::new(StatusResponse {
-            header: self.header(self.ctx.mvcc.current_revision()),
+            header: self.ctx.header(self.ctx.mvcc.current_revision()),
             version: SERVER_VERSION.to_owned(),
             db_size: space.file_bytes as i64,
             leader: raft.leader_id,
@@ -161,7 +151,7 @@ impl Maintenance for MaintenanceService {
         let mvcc = self.ctx.mvcc.clone();
         blocking(move || defragment(&mvcc)).await?;
         Ok(Response::new(DefragmentResponse {
-            header: self.header(self.ctx.mvcc.current_revision()),
+            header: self.ctx.header(self.ctx.mvcc.current_revision()),
         }))
     }
 
@@ -177,7 +167,7 @@ impl Maintenance for MaintenanceService {
         })
         .await?;
         Ok(Response::new(HashResponse {
-            header: self.header(revision),
+            header: self.ctx.header(revision),
             hash,
         }))
     }
@@ -197,7 +187,7 @@ impl Maintenance for MaintenanceService {
         })
         .await?;
         Ok(Response::new(HashKvResponse {
-            header: self.header(hashed.current_revision),
+            header: self.ctx.header(hashed.current_revision),
             hash: hashed.hash,
             compact_revision: hashed.compact_revision,
             hash_revision: hashed.hash_revision,
@@ -215,7 +205,7 @@ impl Maintenance for MaintenanceService {
             .mvcc
             .export()
             .map_err(|e| ApiError::Internal(e.to_string()))?;
-        let header = self.header(view.current_revision());
+        let header = self.ctx.header(view.current_revision());
         let (tx, rx) = tokio::sync::mpsc::channel(SNAPSHOT_QUEUE_CHUNKS);
         std::thread::Builder::new()
             .name("ringkv-snapshot".into())
@@ -258,7 +248,7 @@ impl Maintenance for MaintenanceService {
             return Err(ApiError::BadLeaderTransferee.into());
         }
         Ok(Response::new(MoveLeaderResponse {
-            header: self.header(self.ctx.mvcc.current_revision()),
+            header: self.ctx.header(self.ctx.mvcc.current_revision()),
         }))
     }
 

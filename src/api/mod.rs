@@ -98,6 +98,16 @@ impl Context {
         header.raft_term = self.consensus.status().term;
     }
 
+    /// A complete response header at `revision`.
+    pub fn header(&self, revision: i64) -> Option<ResponseHeader> {
+        let mut header = Some(ResponseHeader {
+            revision,
+            ..ResponseHeader::default()
+        });
+        self.fill(&mut header);
+        header
+    }
+
     /// Proposes `request` as an anonymous client (no token) and waits for its outcome;
     /// refusals come back as errors. A client's request goes through `propose_as` instead.
     pub async fn propose(&self, request: ProposalRequest) -> Result<OutcomeResult, ApiError> {

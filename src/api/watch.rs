@@ -22,7 +22,7 @@ use prost::Message;
 use ringkv_proto::etcdserverpb::watch_create_request::FilterType;
 use ringkv_proto::etcdserverpb::watch_request::RequestUnion;
 use ringkv_proto::etcdserverpb::watch_server::Watch;
-use ringkv_proto::etcdserverpb::{ResponseHeader, WatchCreateRequest, WatchRequest, WatchResponse};
+use ringkv_proto::etcdserverpb::{WatchCreateRequest, WatchRequest, WatchResponse};
 use ringkv_proto::mvccpb;
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
@@ -183,7 +183,7 @@ impl Session {
                         self.options.remove(&watch_id);
                         // etcd's compacted response carries no header revision.
                         let response = WatchResponse {
-                            header: self.header(0),
+                            header: self.ctx.header(0),
                             watch_id,
                             canceled: true,
                             compact_revision,
@@ -198,7 +198,7 @@ impl Session {
             if let Some(rev) = self.stream.progress() {
                 self.progress_requested = false;
                 let response = WatchResponse {
-                    header: self.header(rev),
+                    header: self.ctx.header(rev),
                     watch_id: INVALID_WATCH_ID,
                     ..WatchResponse::default()
                 };
@@ -219,7 +219,7 @@ impl Session {
                 };
                 self.options.remove(&watch_id);
                 let response = WatchResponse {
-                    header: self.header(rev),
+                    header: self.ctx.header(rev),
                     watch_id,
                     canceled: true,
                     ..WatchResponse::default()
@@ -239,7 +239,7 @@ impl Session {
             // etcd's answer: created and canceled at once, with the gRPC error's text.
             let status = Status::from(refused);
             let response = WatchResponse {
-                header: self.header(self.ctx.mvcc.current_revision()),
+                header: self.ctx.header(self.ctx.mvcc.current_revision()),
                 watch_id: create.watch_id,
                 created: true,
                 canceled: true,
@@ -269,14 +269,14 @@ impl Session {
                     },
                 );
                 WatchResponse {
-                    header: self.header(created.header_revision),
+                    header: self.ctx.header(created.header_revision),
                     watch_id: created.watch_id,
                     created: true,
                     ..WatchResponse::default()
                 }
             }
             Err(error) => WatchResponse {
-                header: self.header(self.stream.hub().dispatched()),
+                header: self.ctx.header(self.stream.hub().dispatched()),
                 watch_id: INVALID_WATCH_ID,
                 created: true,
                 canceled: true,
@@ -304,7 +304,7 @@ impl Session {
         due.sort_unstable();
         for (watch_id, rev) in due {
             let response = WatchResponse {
-                header: self.header(rev),
+                header: self.ctx.header(rev),
                 watch_id,
                 ..WatchResponse::default()
             };
@@ -328,7 +328,7 @@ impl Session {
             .map(|event| self.to_pb_event(event, options.prev_kv))
             .collect();
         let response = WatchResponse {
-            header: self.header(delivery.header_revision),
+            header: self.ctx.header(delivery.header_revision),
             watch_id: delivery.watch_id,
             events,
             ..WatchResponse::default()
@@ -378,15 +378,6 @@ impl Session {
         let caller = self.ctx.caller(&self.metadata)?;
         self.ctx
             .check_range(&caller, &create.key, &create.range_end)
-    }
-
-    fn header(&self, revision: i64) -> Option<ResponseHeader> {
-        let mut header = Some(ResponseHeader {
-            revision,
-            ..ResponseHeader::default()
-        });
-        self.ctx.fill(&mut header);
-        header
     }
 
     async fn send(&self, response: WatchResponse) -> Result<(), Closed> {
