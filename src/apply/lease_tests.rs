@@ -11,63 +11,11 @@ use ringkv_proto::etcdserverpb::{
 };
 
 use super::entry::{ApplyError, Outcome, OutcomeResult, Proposal, ProposalRequest};
-use super::Applier;
+use super::harness::Harness;
 use crate::lease::{Lessor, SimClock, TTL_MAX_SECS};
-use crate::mvcc::{EventKind, Mvcc, RangeOptions};
-use crate::page_store::{PageStore, PageStoreConfig, SimDisk};
-
-struct Harness {
-    mvcc: Mvcc,
-    applier: Applier,
-    index: u64,
-}
+use crate::mvcc::{EventKind, RangeOptions};
 
 impl Harness {
-    fn new() -> Harness {
-        let store =
-            PageStore::open_on(Arc::new(SimDisk::new()), PageStoreConfig::default()).unwrap();
-        let mvcc = Mvcc::open(store).unwrap();
-        let lessor = Arc::new(Lessor::open(&mvcc, Arc::new(SimClock::default())).unwrap());
-        let applier = Applier::with_lessor(mvcc.clone(), lessor);
-        Harness {
-            mvcc,
-            applier,
-            index: 0,
-        }
-    }
-
-    fn lessor(&self) -> &Lessor {
-        self.applier.lessor()
-    }
-
-    /// Applies `requests` as consecutive entries of one batch.
-    fn apply_all(
-        &mut self,
-        requests: Vec<ProposalRequest>,
-    ) -> Vec<Result<OutcomeResult, ApplyError>> {
-        let entries: Vec<(u64, Vec<u8>)> = requests
-            .into_iter()
-            .map(|r| {
-                self.index += 1;
-                (self.index, Proposal::new(r).encode_to_vec())
-            })
-            .collect();
-        self.applier
-            .apply_entries(entries.iter().map(|(i, d)| (*i, d.as_slice())))
-            .into_iter()
-            .map(
-                |out| match Outcome::decode(out.as_slice()).unwrap().result.unwrap() {
-                    OutcomeResult::Error(code) => Err(ApplyError::from_code(code).unwrap()),
-                    result => Ok(result),
-                },
-            )
-            .collect()
-    }
-
-    fn apply(&mut self, request: ProposalRequest) -> Result<OutcomeResult, ApplyError> {
-        self.apply_all(vec![request]).pop().unwrap()
-    }
-
     fn grant(&mut self, id: i64, ttl: i64) -> Result<(i64, i64), ApplyError> {
         match self.apply(grant(id, ttl))? {
             OutcomeResult::LeaseGrant(resp) => Ok((resp.id, resp.ttl)),

@@ -359,6 +359,8 @@ pub fn finish_compaction(mvcc: &Mvcc) -> crate::mvcc::Result<()> {
 }
 
 #[cfg(test)]
+mod harness;
+#[cfg(test)]
 mod lease_tests;
 #[cfg(test)]
 mod tests;

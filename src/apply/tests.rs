@@ -12,39 +12,12 @@ use ringkv_proto::etcdserverpb::{
 
 use super::entry::{ApplyError, Outcome, OutcomeResult, Proposal, ProposalRequest};
 use super::exec::{self, ReadAt};
+use super::harness::Harness;
 use super::Applier;
 use crate::mvcc::Mvcc;
 use crate::page_store::{PageStore, PageStoreConfig, SimDisk};
 
-struct Harness {
-    mvcc: Mvcc,
-    applier: Applier,
-    index: u64,
-}
-
 impl Harness {
-    fn new() -> Harness {
-        let store =
-            PageStore::open_on(Arc::new(SimDisk::new()), PageStoreConfig::default()).unwrap();
-        let mvcc = Mvcc::open(store).unwrap();
-        let applier = Applier::new(mvcc.clone());
-        Harness {
-            mvcc,
-            applier,
-            index: 0,
-        }
-    }
-
-    fn apply(&mut self, request: ProposalRequest) -> Result<OutcomeResult, ApplyError> {
-        self.index += 1;
-        let bytes = Proposal::new(request).encode_to_vec();
-        let out = Outcome::decode(self.applier.apply_entry(self.index, &bytes).as_slice()).unwrap();
-        match out.result.unwrap() {
-            OutcomeResult::Error(code) => Err(ApplyError::from_code(code).unwrap()),
-            result => Ok(result),
-        }
-    }
-
     fn put(&mut self, key: &str, value: &str) -> i64 {
         let Ok(OutcomeResult::Put(resp)) = self.apply(ProposalRequest::Put(put_req(key, value)))
         else {
