@@ -921,3 +921,47 @@ async fn recipes_run_with_the_callers_permissions() {
         .await
         .unwrap();
 }
+
+/// A waiter whose client goes away must not leave its key queued: it would hold up every later
+/// locker until its lease expired. etcd deletes it when the Lock is cancelled; the holder keeps
+/// the lock.
+#[tokio::test]
+async fn a_cancelled_lock_removes_its_waiting_key() {
+    let (_dir, s) = server(&[]);
+    let mut c = clients(&s).await;
+    let (a, b) = (grant(&mut c, 60).await, grant(&mut c, 60).await);
+    c.lock.lock(lock_request("mx", a)).await.unwrap();
+    let mut waiter_client = c.lock.clone();
+    let waiting = tokio::spawn(async move { waiter_client.lock(lock_request("mx", b)).await });
+    grpc_wait_keys(&mut c, "mx/", 2).await;
+    // Dropping the call resets its HTTP/2 stream: the server sees the client go.
+    waiting.abort();
+    assert_eq!(
+        grpc_wait_keys(&mut c, "mx/", 1).await,
+        vec![key_of("mx", a)]
+    );
+}
+
+/// Likewise a cancelled Campaign resigns; the leader stays.
+#[tokio::test]
+async fn a_cancelled_campaign_resigns() {
+    let (_dir, s) = server(&[]);
+    let mut c = clients(&s).await;
+    let (a, b) = (grant(&mut c, 60).await, grant(&mut c, 60).await);
+    let campaign = |lease: i64, value: &str| CampaignRequest {
+        name: b"poll".to_vec(),
+        lease,
+        value: value.into(),
+    };
+    c.election.campaign(campaign(a, "v1")).await.unwrap();
+    let mut candidate_client = c.election.clone();
+    let request = campaign(b, "w");
+    let waiting = tokio::spawn(async move { candidate_client.campaign(request).await });
+    grpc_wait_keys(&mut c, "poll/", 2).await;
+    waiting.abort();
+    assert_eq!(
+        grpc_wait_keys(&mut c, "poll/", 1).await,
+        vec![key_of("poll", a)]
+    );
+    assert_eq!(leader_value(&mut c, "poll").await.1, "v1");
+}

@@ -150,12 +150,11 @@ async fn observe(
     let prefix = recipe::participants(name);
     loop {
         let resp = recipe.first_created(&prefix).await?;
-        let (header, kv) = match resp.kvs.into_iter().next() {
-            Some(kv) => (resp.header, kv),
-            None => {
-                let rev = resp.header.as_ref().map_or(0, |h| h.revision);
-                first_put(recipe, &prefix, rev).await?
-            }
+        let rev = resp.header.as_ref().map_or(0, |h| h.revision);
+        let (header, kv) = if let Some(kv) = resp.kvs.into_iter().next() {
+            (resp.header, kv)
+        } else {
+            first_put(recipe, &prefix, rev).await?
         };
         let watch_from = header.as_ref().map_or(0, |h| h.revision) + 1;
         let key = kv.key.clone();
@@ -286,7 +285,7 @@ impl Election for ElectionService {
         self.serve_campaign(request)
             .await
             .map(Response::new)
-            .map_err(recipe_status)
+            .map_err(|error| recipe_status(&error))
     }
 
     async fn proclaim(
@@ -296,7 +295,7 @@ impl Election for ElectionService {
         self.serve_proclaim(request)
             .await
             .map(Response::new)
-            .map_err(recipe_status)
+            .map_err(|error| recipe_status(&error))
     }
 
     async fn leader(
@@ -306,7 +305,7 @@ impl Election for ElectionService {
         self.serve_leader(request)
             .await
             .map(Response::new)
-            .map_err(recipe_status)
+            .map_err(|error| recipe_status(&error))
     }
 
     type ObserveStream = ObserveStream;
@@ -339,6 +338,6 @@ impl Election for ElectionService {
         self.serve_resign(request)
             .await
             .map(Response::new)
-            .map_err(recipe_status)
+            .map_err(|error| recipe_status(&error))
     }
 }

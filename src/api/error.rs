@@ -153,7 +153,7 @@ fn auth_code(error: AuthError) -> Code {
 /// over an in-process client, whose errors (etcd's own messages, gRPC codes stripped by the
 /// client) its server returns as plain errors, so every failure reaches the caller with code
 /// Unknown and etcd's message (e.g. "etcdserver: requested lease not found").
-pub fn recipe_status(error: ApiError) -> Status {
+pub fn recipe_status(error: &ApiError) -> Status {
     Status::new(Code::Unknown, error.to_string())
 }
 

@@ -138,7 +138,7 @@ impl Lock for LockService {
         self.serve_lock(request)
             .await
             .map(Response::new)
-            .map_err(recipe_status)
+            .map_err(|error| recipe_status(&error))
     }
 
     async fn unlock(
@@ -148,6 +148,6 @@ impl Lock for LockService {
         self.serve_unlock(request)
             .await
             .map(Response::new)
-            .map_err(recipe_status)
+            .map_err(|error| recipe_status(&error))
     }
 }
