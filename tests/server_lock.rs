@@ -965,3 +965,52 @@ async fn a_cancelled_campaign_resigns() {
     );
     assert_eq!(leader_value(&mut c, "poll").await.1, "v1");
 }
+
+/// A shutdown does not wait on recipes: a queued Lock and an open Observe end with the server
+/// instead of holding its connections open until the drain limit cuts them.
+#[tokio::test]
+async fn shutdown_ends_waiting_locks_and_observers() {
+    let (_dir, mut s) = server(&[]);
+    let mut c = clients(&s).await;
+    let (a, b) = (grant(&mut c, 60).await, grant(&mut c, 60).await);
+    let held = c
+        .lock
+        .lock(lock_request("mx", a))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut observer = c
+        .election
+        .observe(LeaderRequest {
+            name: b"mx".to_vec(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = observer.message().await.unwrap().unwrap();
+    assert_eq!(first.kv.unwrap().key, held.key);
+    let mut waiter_client = c.lock.clone();
+    let waiting = tokio::spawn(async move { waiter_client.lock(lock_request("mx", b)).await });
+    grpc_wait_keys(&mut c, "mx/", 2).await;
+    let code = tokio::task::spawn_blocking(move || {
+        let code = s.stop_with(libc::SIGTERM);
+        (code, s.log())
+    })
+    .await
+    .unwrap();
+    // etcd dies of the signal it re-raises; ringkv exits cleanly.
+    if !server_support::is_reference() {
+        assert_eq!(code.0, Some(0), "{}", code.1);
+    }
+    assert!(
+        !code.1.contains("still open"),
+        "connections outlived the shutdown:\n{}",
+        code.1
+    );
+    let result = tokio::time::timeout(SOON, waiting).await.unwrap().unwrap();
+    assert!(result.is_err(), "{result:?}");
+    let ended = tokio::time::timeout(SOON, observer.message())
+        .await
+        .unwrap();
+    assert!(!matches!(ended, Ok(Some(_))), "{ended:?}");
+}
