@@ -13,7 +13,7 @@
 //!    revoked while we waited, and the answer is etcd's "mutex: session is expired". Otherwise
 //!    the lock is held, and the header is that read's.
 //!
-//! A failed wait deletes our key before answering, as does a client that goes away mid-wait
+//! A failed wait (or final read) deletes our key before answering, as does a client that goes away mid-wait
 //! (etcd's `Unlock` on a cancelled `Lock`). Holding the lock means nothing more than owning the
 //! oldest key: it ends when the key is deleted (Unlock, lease expiry or revoke, any Delete).
 //!
@@ -84,12 +84,18 @@ pub async fn lock(
         return Ok((key, resp.header));
     }
     let mut cleanup = CleanupOnDrop::new(recipe, delete_request(&key));
-    if let Err(error) = recipe.wait_deletes(&prefix, my_rev - 1).await {
-        cleanup.run().await;
-        return Err(error);
-    }
+    let mine = match recipe.wait_deletes(&prefix, my_rev - 1).await {
+        Ok(_) => recipe.get(get_request(&key)).await,
+        Err(error) => Err(error),
+    };
+    let mine = match mine {
+        Ok(mine) => mine,
+        Err(error) => {
+            cleanup.run().await;
+            return Err(error);
+        }
+    };
     cleanup.disarm();
-    let mine = recipe.get(get_request(&key)).await?;
     if mine.kvs.is_empty() {
         return Err(RecipeError::SessionExpired.into());
     }
