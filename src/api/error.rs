@@ -67,6 +67,9 @@ pub enum ApiError {
     /// Unimplemented, so that clients do not retry it.
     #[error("etcdserver: {0} is not supported yet: ringkv has no peer transport")]
     MembershipUnsupported(&'static str),
+    /// The Lock and Election recipes' own errors; etcd returns them as plain errors (Unknown).
+    #[error(transparent)]
+    Recipe(#[from] super::recipe::RecipeError),
     /// A storage or internal failure; etcd answers these with code Unknown and the error text.
     #[error("{0}")]
     Internal(String),
@@ -117,7 +120,9 @@ impl ApiError {
             | ApiError::MemberNotLearner
             | ApiError::PeerUrlExists => Code::FailedPrecondition,
             ApiError::MembershipUnsupported(_) => Code::Unimplemented,
-            ApiError::Internal(_) | ApiError::MaintenanceAuth(_) => Code::Unknown,
+            ApiError::Internal(_) | ApiError::MaintenanceAuth(_) | ApiError::Recipe(_) => {
+                Code::Unknown
+            }
         }
     }
 }
@@ -142,6 +147,14 @@ fn auth_code(error: AuthError) -> Code {
         AuthError::PermissionDenied => Code::PermissionDenied,
         AuthError::InvalidAuthToken => Code::Unauthenticated,
     }
+}
+
+/// The status of a Lock or Election RPC that failed: etcd serves those with its client recipes
+/// over an in-process client, whose errors (etcd's own messages, gRPC codes stripped by the
+/// client) its server returns as plain errors, so every failure reaches the caller with code
+/// Unknown and etcd's message (e.g. "etcdserver: requested lease not found").
+pub fn recipe_status(error: &ApiError) -> Status {
+    Status::new(Code::Unknown, error.to_string())
 }
 
 impl From<ApiError> for Status {

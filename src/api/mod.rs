@@ -5,13 +5,16 @@
 
 pub mod auth;
 pub mod cluster;
+pub mod election;
 pub mod error;
 pub mod http;
 pub mod kv;
 pub mod lease;
 pub mod limit;
+pub mod lock;
 pub mod maintenance;
 pub mod quota;
+pub mod recipe;
 pub mod traffic;
 pub mod validate;
 pub mod watch;

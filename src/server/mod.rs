@@ -24,6 +24,8 @@ use ringkv_proto::etcdserverpb::kv_server::KvServer;
 use ringkv_proto::etcdserverpb::lease_server::LeaseServer;
 use ringkv_proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use ringkv_proto::etcdserverpb::watch_server::WatchServer;
+use ringkv_proto::v3electionpb::election_server::ElectionServer;
+use ringkv_proto::v3lockpb::lock_server::LockServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
@@ -279,6 +281,13 @@ async fn serve(
             member.clone(),
         ))
         .max_decoding_message_size(max_decoding);
+        let lock = LockServer::new(api::lock::LockService::new(ctx.clone(), hub.clone()))
+            .max_decoding_message_size(max_decoding);
+        let election = ElectionServer::new(api::election::ElectionService::new(
+            ctx.clone(),
+            hub.clone(),
+        ))
+        .max_decoding_message_size(max_decoding);
         let mut routes = tonic::service::Routes::builder();
         routes
             .add_service(api::limit::GrpcGoLimitStatus(kv))
@@ -286,7 +295,9 @@ async fn serve(
             .add_service(api::limit::GrpcGoLimitStatus(lease))
             .add_service(api::limit::GrpcGoLimitStatus(watch))
             .add_service(api::limit::GrpcGoLimitStatus(cluster))
-            .add_service(api::limit::GrpcGoLimitStatus(auth));
+            .add_service(api::limit::GrpcGoLimitStatus(auth))
+            .add_service(api::limit::GrpcGoLimitStatus(lock))
+            .add_service(api::limit::GrpcGoLimitStatus(election));
         // Paths no gRPC service claims go to the HTTP endpoints; HTTP/1.1 is accepted for them.
         let routes = api::http::with_fallback(routes.routes(), http.clone());
         let mut stop = stop_rx.clone();
