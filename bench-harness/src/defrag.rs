@@ -4,12 +4,16 @@
 //!    under keys `defrag-fill/NNNNNNNN`, each key once.
 //! 2. Make garbage: one DeleteRange removes the first half of those keys (the oldest writes, so
 //!    the dead data is contiguous in write order, as expiring old data is), then a physical
-//!    Compaction at the current revision frees their history. Status gives the db size before.
+//!    Compaction at the current revision frees their history. Status gives the db size after
+//!    the fill and before the defrag (a server that reclaims space online, as ringkv's cleaner
+//!    does after a compaction, is smaller by then).
 //! 3. Load: `LoadConfig::clients` clients on `LoadConfig::conns` channels put
 //!    `LoadConfig::val_size`-byte values over `key_space_size` keys open loop at
 //!    `LoadConfig::rate` (latency counted from each put's due time, as in `load`).
 //! 4. After `baseline_s` of load, Maintenance.Defragment is called on a connection of its own;
-//!    the load goes on until `after_s` after it returns, then Status gives the db size after.
+//!    the load goes on until every put due up to `after_s` after it returned has been sent
+//!    (a server that stalled has a backlog to answer first; at most `CATCH_UP_MAX` more), then
+//!    Status gives the db size after.
 //!
 //! A put belongs to the window its [due, reply] interval falls in: `before` ends before the
 //! defrag starts, `after` is due once it has returned, anything that overlaps it is `during`. The
@@ -40,6 +44,8 @@ pub const FILL_PREFIX: &str = "defrag-fill/";
 pub const FILL_KEYS_MAX: u64 = 1_000_000;
 /// Largest fill value: under etcd's default 1.5 MiB request limit.
 pub const FILL_VAL_SIZE_MAX: usize = 1024 * 1024;
+/// After `after_s`, how long a load that fell behind may take to send its backlog.
+const CATCH_UP_MAX: Duration = Duration::from_secs(300);
 /// A Defragment (or the fill's compaction) slower than this fails the run.
 const MAINTENANCE_TIMEOUT: Duration = Duration::from_secs(1800);
 /// The figures that mark the defrag window on the throughput chart.
@@ -106,13 +112,14 @@ pub async fn run(config: &load::LoadConfig, spec: &DefragSpec) -> Result<Summary
     let endpoint = config.endpoints[0].clone();
     let fill_started = Instant::now();
     fill(&endpoint, spec).await?;
-    let garbage_revision = make_garbage(&endpoint, spec).await?;
-    let fill_s = fill_started.elapsed().as_secs_f64();
     let mut maintenance = MaintenanceClient::new(
         load::connect(std::slice::from_ref(&endpoint), 1)
             .await?
             .remove(0),
     );
+    let filled = status(&mut maintenance, &endpoint).await?;
+    let garbage_revision = make_garbage(&endpoint, spec).await?;
+    let fill_s = fill_started.elapsed().as_secs_f64();
     let before = status(&mut maintenance, &endpoint).await?;
     println!(
         "defrag: filled {} keys of {} B in {fill_s:.1} s, deleted half, compacted at {garbage_revision}; db size {} B ({} B in use)",
@@ -128,6 +135,7 @@ pub async fn run(config: &load::LoadConfig, spec: &DefragSpec) -> Result<Summary
         start: Instant::now(),
         rate: config.rate,
         stop: AtomicBool::new(false),
+        last_due_us: AtomicU64::new(u64::MAX),
         config: config.clone(),
         value: pseudo_random_bytes(config.val_size, 0x00de_f7a9),
     });
@@ -158,12 +166,21 @@ pub async fn run(config: &load::LoadConfig, spec: &DefragSpec) -> Result<Summary
             "defragment: timed out after {MAINTENANCE_TIMEOUT:?}"
         )),
     };
-    tokio::time::sleep(Duration::from_secs_f64(spec.after_s)).await;
-    plan.stop.store(true, Ordering::Relaxed);
-
+    let last_due = defrag_end + Duration::from_secs_f64(spec.after_s);
+    plan.last_due_us
+        .store(last_due.as_micros() as u64, Ordering::Relaxed);
+    let hard_stop = plan.start + last_due + CATCH_UP_MAX;
     let mut samples = Vec::new();
-    for client in clients {
-        samples.extend(client.await.expect("client task panicked"));
+    for mut client in clients {
+        let done = tokio::time::timeout_at(hard_stop, &mut client).await;
+        let client_samples = match done {
+            Ok(joined) => joined,
+            Err(_) => {
+                plan.stop.store(true, Ordering::Relaxed);
+                client.await
+            }
+        };
+        samples.extend(client_samples.expect("client task panicked"));
     }
     let elapsed = plan.start.elapsed();
     let after = status(&mut maintenance, &endpoint).await?;
@@ -180,6 +197,7 @@ pub async fn run(config: &load::LoadConfig, spec: &DefragSpec) -> Result<Summary
         ("defrag duration (s)".to_owned(), defrag_took.as_secs_f64()),
         (WINDOW_START.to_owned(), defrag_start.as_secs_f64()),
         (WINDOW_END.to_owned(), defrag_end.as_secs_f64()),
+        ("db size after fill (MiB)".to_owned(), mib(filled.db_size)),
         ("db size before (MiB)".to_owned(), mib(before.db_size)),
         ("db size after (MiB)".to_owned(), mib(after.db_size)),
         (
@@ -209,7 +227,10 @@ struct Plan {
     next: AtomicU64,
     start: Instant,
     rate: f64,
+    /// Set when the load has run long enough (or too long).
     stop: AtomicBool,
+    /// No put due after this (µs since `start`) is sent; `u64::MAX` until the defrag returned.
+    last_due_us: AtomicU64,
     config: load::LoadConfig,
     value: Vec<u8>,
 }
@@ -217,11 +238,14 @@ struct Plan {
 async fn run_client(mut kv: KvClient<Channel>, plan: Arc<Plan>, seed: u64) -> Vec<Sample> {
     let mut rng = load::SplitMix64(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0xdef);
     let mut samples = Vec::new();
-    // Bounded by the stop flag, which the controller sets after at most
-    // baseline + MAINTENANCE_TIMEOUT + after seconds.
+    // Bounded by `last_due_us`, or by the stop flag, which the controller sets after at most
+    // baseline + MAINTENANCE_TIMEOUT + after + CATCH_UP_MAX.
     while !plan.stop.load(Ordering::Relaxed) {
         let request = plan.next.fetch_add(1, Ordering::Relaxed);
         let due = Duration::from_secs_f64(request as f64 / plan.rate);
+        if due.as_micros() as u64 > plan.last_due_us.load(Ordering::Relaxed) {
+            break;
+        }
         tokio::time::sleep_until(plan.start + due).await;
         if plan.stop.load(Ordering::Relaxed) {
             break;
