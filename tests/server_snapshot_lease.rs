@@ -51,8 +51,9 @@ fn sorted_lease_list(ep: &str) -> Vec<String> {
     lines
 }
 
-/// `lease timetolive --keys` with the remaining seconds checked and cut out: a restored lease
-/// starts over at (about) its granted TTL, far from expiry.
+/// `lease timetolive --keys` with the remaining seconds checked and cut out (a restored lease
+/// starts over at about its granted TTL, far from expiry) and the keys sorted (etcd lists them
+/// in no particular order).
 fn time_to_live(ep: &str, id: &str, ttl: i64) -> String {
     let out = ok(ep, &["lease", "timetolive", id, "--keys"]);
     let (head, rest) = out.split_once("remaining(").unwrap();
@@ -62,7 +63,13 @@ fn time_to_live(ep: &str, id: &str, ttl: i64) -> String {
         remaining > ttl / 2 && remaining <= ttl + 2,
         "lease {id}: remaining {remaining} of {ttl}: {out}"
     );
-    format!("{head}remaining(-){tail}")
+    let (before_keys, keys) = tail.split_once("keys([").unwrap();
+    let mut keys: Vec<&str> = keys.trim_end_matches("])\n").split_whitespace().collect();
+    keys.sort_unstable();
+    format!(
+        "{head}remaining(-){before_keys}keys([{}])\n",
+        keys.join(" ")
+    )
 }
 
 fn restore_with_ringkv(snapshot: &Path, dir: &Path, peer: u16) {
@@ -114,7 +121,10 @@ fn check_restored(ep: &str, holder: &str, empty: &str, leases: &[String]) {
         format!("lease {empty} granted with TTL(300s), remaining(-), attached keys([])\n")
     );
     ok(ep, &["lease", "revoke", holder]);
-    assert_eq!(ok(ep, &["get", "", "--prefix", "--keys-only"]), "c\n\nd\n\n");
+    assert_eq!(
+        ok(ep, &["get", "", "--prefix", "--keys-only"]),
+        "c\n\nd\n\n"
+    );
     assert_eq!(
         ok(ep, &["lease", "list"]),
         format!("found 1 leases\n{empty}\n")
