@@ -172,14 +172,13 @@ pub async fn run(config: &load::LoadConfig, spec: &DefragSpec) -> Result<Summary
     let hard_stop = plan.start + last_due + CATCH_UP_MAX;
     let mut samples = Vec::new();
     for mut client in clients {
-        let done = tokio::time::timeout_at(hard_stop, &mut client).await;
-        let client_samples = match done {
-            Ok(joined) => joined,
-            Err(_) => {
+        let client_samples =
+            if let Ok(joined) = tokio::time::timeout_at(hard_stop, &mut client).await {
+                joined
+            } else {
                 plan.stop.store(true, Ordering::Relaxed);
                 client.await
-            }
-        };
+            };
         samples.extend(client_samples.expect("client task panicked"));
     }
     let elapsed = plan.start.elapsed();

@@ -19,6 +19,9 @@ use super::{
 /// Bytes per chunk of a snapshot stream (etcd sends 32 KiB).
 pub const CHUNK_BYTES: usize = 64 * 1024;
 
+/// A small bucket's (key, value) entries, built in memory.
+type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+
 type Visit<'f> = dyn FnMut(&[u8], &[u8]) -> Result<(), SnapshotError> + 'f;
 
 /// Where a bucket's entries come from: built in memory (small buckets), or the key space.
@@ -126,7 +129,7 @@ fn buckets(view: &ExportView) -> Result<Vec<(&'static [u8], Source<'_>)>, Snapsh
 /// The `lease` bucket: etcd's entry for every lease in the view's lease table, in id order as
 /// bbolt sorts the big-endian keys. The table is small (one row per lease), so it is built in
 /// memory like the other small buckets.
-fn lease_entries(view: &ExportView) -> Result<Vec<(Vec<u8>, Vec<u8>)>, SnapshotError> {
+fn lease_entries(view: &ExportView) -> Result<Entries, SnapshotError> {
     let mut entries = Vec::new();
     for (key, value) in view.foreign_rows(crate::lease::TABLE_LEASE)? {
         let (id, ttl) = crate::lease::decode_table_row(&key, &value)
