@@ -84,6 +84,16 @@ pub fn throughput(
     title: &str,
     series: &[(String, Vec<u64>)],
 ) -> Result<(), BenchError> {
+    throughput_with_windows(path, title, series, &[])
+}
+
+/// `throughput`, with each (label, start s, end s) window shaded in its series' colour.
+pub fn throughput_with_windows(
+    path: &Path,
+    title: &str,
+    series: &[(String, Vec<u64>)],
+    windows: &[(String, f64, f64)],
+) -> Result<(), BenchError> {
     let error = chart_error(path);
     let seconds = series
         .iter()
@@ -112,6 +122,21 @@ pub fn throughput(
         .y_desc("successful requests per second")
         .draw()
         .map_err(|e| error(e.to_string()))?;
+    let top = peak + peak / 10 + 1;
+    for (index, (label, start_s, end_s)) in windows.iter().enumerate() {
+        let color = Palette99::pick(index).mix(0.2);
+        // Whole seconds, at least one wide, so a short window still shows.
+        let start = start_s.max(0.0).floor() as usize;
+        let end = (end_s.max(0.0).ceil() as usize).max(start + 1);
+        chart
+            .draw_series(std::iter::once(Rectangle::new(
+                [(start, 0), (end, top)],
+                color.filled(),
+            )))
+            .map_err(|e| error(e.to_string()))?
+            .label(label.clone())
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 20, y + 5)], color.filled()));
+    }
     for (index, (label, timeline)) in series.iter().enumerate() {
         let color = Palette99::pick(index).to_rgba();
         let points: Vec<(usize, u64)> = timeline.iter().copied().enumerate().collect();
@@ -160,5 +185,10 @@ mod tests {
         throughput(&over_time, "put throughput", &series).unwrap();
         let svg = std::fs::read_to_string(&over_time).unwrap();
         assert!(svg.contains("ringkv r1") && svg.contains("etcd r1"));
+
+        let windows = vec![("ringkv r1 defrag".to_owned(), 0.5, 1.2)];
+        throughput_with_windows(&over_time, "defrag", &series, &windows).unwrap();
+        let svg = std::fs::read_to_string(&over_time).unwrap();
+        assert!(svg.contains("ringkv r1 defrag"), "no window label");
     }
 }

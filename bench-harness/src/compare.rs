@@ -459,10 +459,24 @@ fn write_charts(out: &Path, workload: &str, results: &Results) -> Result<(), Ben
             })
         })
         .collect();
-    chart::throughput(
+    // The defrag workload marks where each round's Defragment ran.
+    let windows: Vec<(String, f64, f64)> = results
+        .rounds
+        .iter()
+        .filter_map(|r| {
+            let figures = &r.summary.as_ref()?.figures;
+            Some((
+                format!("{} r{} defrag", r.server, r.round),
+                *figures.get(crate::defrag::WINDOW_START)?,
+                *figures.get(crate::defrag::WINDOW_END)?,
+            ))
+        })
+        .collect();
+    chart::throughput_with_windows(
         &out.join("throughput.svg"),
         &format!("{workload}: successful requests per second"),
         &timelines,
+        &windows,
     )
 }
 
@@ -671,6 +685,47 @@ fn figure_table(out: &mut String, results: &Results, part: Option<&str>) {
     }
 }
 
+/// The workload's own figures (`Summary::figures`), median over rounds, one row each.
+fn workload_figures(out: &mut String, results: &Results) {
+    let mut figure_names: Vec<&String> = results
+        .rounds
+        .iter()
+        .filter_map(|r| r.summary.as_ref())
+        .flat_map(|s| s.figures.keys())
+        .collect();
+    figure_names.sort();
+    figure_names.dedup();
+    if figure_names.is_empty() {
+        return;
+    }
+    let names: Vec<&str> = results.servers.iter().map(|s| s.name.as_str()).collect();
+    let _ = writeln!(out, "\n### {} figures\n", results.workload);
+    let _ = writeln!(out, "| figure | {} |", names.join(" | "));
+    let _ = writeln!(out, "|---|{}", "---:|".repeat(names.len()));
+    for figure in figure_names {
+        let _ = write!(out, "| {figure} |");
+        for name in &names {
+            let value = median(
+                results
+                    .rounds
+                    .iter()
+                    .filter(|r| r.server == *name)
+                    .filter_map(|r| r.summary.as_ref()?.figures.get(figure).copied())
+                    .collect(),
+            );
+            match value {
+                Some(value) => {
+                    let _ = write!(out, " {value:.1} |");
+                }
+                None => {
+                    let _ = write!(out, " - |");
+                }
+            }
+        }
+        let _ = writeln!(out);
+    }
+}
+
 fn report_markdown(results: &Results) -> String {
     let mut out = String::new();
     let machine = &results.machine;
@@ -708,6 +763,7 @@ fn report_markdown(results: &Results) -> String {
         let _ = writeln!(out, "\n### {part}\n");
         figure_table(&mut out, results, Some(part));
     }
+    workload_figures(&mut out, results);
     let notes: Vec<String> = names
         .iter()
         .filter_map(|name| {

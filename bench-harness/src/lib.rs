@@ -3,7 +3,8 @@
 //!
 //! Layers, lowest first: `summary` (histograms, per-second throughput, errors), `progress` (the
 //! bar), `check` (etcdctl's check-perf loads and pass rules), `load` (request/reply workloads)
-//! and `watch` (watch workloads) under `workload` (the workload definitions and dispatch),
+//! and `watch` (watch workloads) and `defrag` (a put load across a
+//! Defragment) under `workload` (the workload definitions and dispatch),
 //! `server` (one server process on loopback), `disk` (the raw fdatasync probe), `chart` (SVG
 //! charts), `compare` (rounds, medians, the report), `suite` (the standard set of comparisons)
 //! and `smoke` (every workload briefly, for CI). The binary (`main.rs`) only parses flags.
@@ -11,6 +12,7 @@
 pub mod chart;
 pub mod check;
 pub mod compare;
+pub mod defrag;
 pub mod disk;
 pub mod load;
 pub mod progress;

@@ -486,8 +486,8 @@ async fn send(client: &mut Client, plan: &Plan, request: u64) -> Result<Part, (S
             client.kv.put(put).await.map_err(|s| (s, None))?;
             Ok(None)
         }
-        Workload::WatchLatency(_) | Workload::WatchGet(_) => {
-            unreachable!("watch workloads run in crate::watch")
+        Workload::WatchLatency(_) | Workload::WatchGet(_) | Workload::Defrag(_) => {
+            unreachable!("watch and defrag workloads run in their own modules")
         }
     }
 }

@@ -4,6 +4,7 @@
 use clap::{Args, Parser, Subcommand};
 use ringkv_bench::check;
 use ringkv_bench::compare::{self, CompareConfig};
+use ringkv_bench::defrag::DefragSpec;
 use ringkv_bench::load::LoadConfig;
 use ringkv_bench::smoke::{self, SmokeConfig};
 use ringkv_bench::suite::{self, SuiteConfig};
@@ -85,6 +86,8 @@ enum WorkloadCommand {
     WatchGet(WatchGetArgs),
     /// etcdctl check perf: a put load with pass rules.
     CheckPerf(CheckPerfArgs),
+    /// Fill the store, delete half, then an open-loop put load across a Defragment.
+    Defrag(DefragArgs),
 }
 
 #[derive(Args, Clone)]
@@ -199,6 +202,42 @@ struct CheckPerfArgs {
     /// Override the load's 60 s (the pass rules still apply).
     #[arg(long)]
     duration: Option<f64>,
+}
+
+#[derive(Args, Clone)]
+struct DefragArgs {
+    /// Bytes of values the fill writes; half is deleted and compacted before the defrag.
+    #[arg(long, default_value_t = 1 << 30)]
+    fill_bytes: u64,
+    #[arg(long, default_value_t = 128 * 1024)]
+    fill_val_size: usize,
+    /// Concurrent fill clients (closed loop).
+    #[arg(long, default_value_t = 8)]
+    fill_clients: usize,
+    /// Seconds of put load before Defragment is called.
+    #[arg(long, default_value_t = 10.0)]
+    baseline: f64,
+    /// Seconds of put load after Defragment returns.
+    #[arg(long, default_value_t = 10.0)]
+    after: f64,
+    /// gRPC channels of the put load.
+    #[arg(long, default_value_t = 4)]
+    conns: usize,
+    #[arg(long, default_value_t = 16)]
+    clients: usize,
+    /// Puts per second of the load (open loop).
+    #[arg(long, default_value_t = 1000.0)]
+    rate: f64,
+    #[arg(long, default_value_t = 8)]
+    key_size: usize,
+    #[arg(long, default_value_t = 256)]
+    val_size: usize,
+    /// The load's keys are drawn from [0, N).
+    #[arg(long, default_value_t = 10_000)]
+    key_space_size: u64,
+    /// A put slower than this many seconds counts as an error.
+    #[arg(long, default_value_t = 60.0)]
+    request_timeout: f64,
 }
 
 #[derive(Args)]
@@ -381,6 +420,34 @@ impl WorkloadCommand {
                     watchers: args.watchers,
                     streams: args.streams,
                     events: args.events,
+                }),
+            ),
+            WorkloadCommand::Defrag(args) => (
+                LoadConfig {
+                    endpoints,
+                    conns: args.conns,
+                    clients: args.clients,
+                    total: None,
+                    // A nominal length: the defrag workload stops its load itself.
+                    duration: Some(
+                        Duration::try_from_secs_f64(args.baseline + args.after)
+                            .unwrap_or(Duration::ZERO),
+                    ),
+                    key_size: args.key_size,
+                    val_size: args.val_size,
+                    key_space_size: args.key_space_size,
+                    sequential_keys: false,
+                    rate: args.rate,
+                    request_timeout: Duration::try_from_secs_f64(args.request_timeout).map_err(
+                        |_| BenchError::Config("--request-timeout must be positive".into()),
+                    )?,
+                },
+                Workload::Defrag(DefragSpec {
+                    fill_bytes: args.fill_bytes,
+                    fill_val_size: args.fill_val_size,
+                    fill_clients: args.fill_clients,
+                    baseline_s: args.baseline,
+                    after_s: args.after,
                 }),
             ),
             WorkloadCommand::CheckPerf(args) => {

@@ -7,6 +7,7 @@
 
 use crate::check;
 use crate::compare::{self, CompareConfig, ServerSpec};
+use crate::defrag::DefragSpec;
 use crate::load::LoadConfig;
 use crate::server::ServerProcess;
 use crate::workload::{self, RangeSpec, WatchGetSpec, WatchLatencySpec, Workload};
@@ -83,6 +84,19 @@ pub fn workloads(seconds: f64) -> Vec<(LoadConfig, Workload)> {
             watchers: 50,
             streams: 2,
             events: 8,
+        }),
+    ));
+    // 4 MiB of fill: enough for a Defragment with work to do, small enough for CI.
+    let mut defrag = tiny(seconds, 4);
+    defrag.rate = 200.0;
+    out.push((
+        defrag,
+        Workload::Defrag(DefragSpec {
+            fill_bytes: 4 << 20,
+            fill_val_size: 64 << 10,
+            fill_clients: 4,
+            baseline_s: seconds / 2.0,
+            after_s: seconds / 2.0,
         }),
     ));
     let load = check::LOADS[0];

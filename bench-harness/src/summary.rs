@@ -151,6 +151,9 @@ pub struct Summary {
     /// check-perf's verdict under etcdctl's pass rules.
     #[serde(default)]
     pub check: Option<crate::check::Verdict>,
+    /// Workload-specific figures by name with the unit in it (defrag: db sizes, its duration).
+    #[serde(default)]
+    pub figures: BTreeMap<String, f64>,
 }
 
 impl Summary {
@@ -201,6 +204,7 @@ impl Summary {
                 .collect(),
             parts: Vec::new(),
             check: None,
+            figures: BTreeMap::new(),
         }
     }
 

@@ -3,6 +3,7 @@
 //! watch engine (`watch`) and wraps check-perf's setup, cleanup and verdict.
 
 use crate::check::{self, CheckLoad};
+use crate::defrag::{self, DefragSpec};
 use crate::load::{self, LoadConfig};
 use crate::summary::Summary;
 use crate::watch;
@@ -66,6 +67,8 @@ pub enum Workload {
     WatchLatency(WatchLatencySpec),
     /// Serializable gets while many watchers catch up from an old revision.
     WatchGet(WatchGetSpec),
+    /// An open-loop put load across a Maintenance.Defragment of a filled store.
+    Defrag(DefragSpec),
 }
 
 impl Workload {
@@ -82,6 +85,7 @@ impl Workload {
             Workload::CheckPerf { load, .. } => format!("check-perf-{}", load.name),
             Workload::WatchLatency(_) => "watch-latency".into(),
             Workload::WatchGet(_) => "watch-get".into(),
+            Workload::Defrag(_) => "defrag".into(),
         }
     }
 
@@ -141,6 +145,12 @@ impl Workload {
                     ));
                 }
             }
+            Workload::Defrag(spec) => {
+                spec.validate()?;
+                if config.rate <= 0.0 {
+                    return fail("defrag needs an open-loop load: give --rate".into());
+                }
+            }
             Workload::Put
             | Workload::Range(_)
             | Workload::LeaseKeepalive
@@ -181,6 +191,7 @@ pub async fn run(config: &LoadConfig, workload: &Workload) -> Result<Summary, Be
     match workload {
         Workload::WatchLatency(spec) => watch::run_latency(config, spec).await,
         Workload::WatchGet(spec) => watch::run_get(config, spec).await,
+        Workload::Defrag(spec) => defrag::run(config, spec).await,
         Workload::CheckPerf { load, prefix } => {
             let endpoint = &config.endpoints[0];
             if load::prefix_has_keys(endpoint, prefix.as_bytes()).await? {

@@ -64,6 +64,9 @@ pub struct FileConfig {
     /// ringkv's own key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tuning_profile: Option<String>,
+    /// Nanoseconds, as etcd's YAML reads a Go `time.Duration`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub experimental_watch_progress_notify_interval: Option<i64>,
     /// Every other key: etcd settings ringkv does not implement, or typos.
     #[serde(flatten, skip_serializing)]
     pub unsupported: BTreeMap<String, serde_norway::Value>,
@@ -130,6 +133,9 @@ impl FileConfig {
             "auto-compaction-retention" => self.auto_compaction_retention.is_some(),
             "log-level" => self.log_level.is_some(),
             "tuning-profile" => self.tuning_profile.is_some(),
+            "experimental-watch-progress-notify-interval" => {
+                self.experimental_watch_progress_notify_interval.is_some()
+            }
             _ => false,
         }
     }

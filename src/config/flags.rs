@@ -173,6 +173,11 @@ pub struct Flags {
     #[arg(long, env = "ETCD_CONFIG_FILE", value_name = "PATH")]
     pub config_file: Option<PathBuf>,
 
+    /// Period of progress notifications to idle watchers that asked for them (a Go duration;
+    /// not positive keeps 10m, below 100ms means 100ms).
+    #[arg(long, env = "ETCD_EXPERIMENTAL_WATCH_PROGRESS_NOTIFY_INTERVAL", default_value = super::watch::DEFAULT, value_name = "DURATION")]
+    pub experimental_watch_progress_notify_interval: String,
+
     /// ringkv: tuning profile, a built-in name (small, dedicated) or a TOML file path
     /// [default: small below 8 cores, else dedicated].
     #[arg(long, env = "RINGKV_TUNING_PROFILE", value_name = "NAME|PATH")]
@@ -211,4 +216,5 @@ pub const SETTING_IDS: &[&str] = &[
     "auto_compaction_retention",
     "log_level",
     "tuning_profile",
+    "experimental_watch_progress_notify_interval",
 ];

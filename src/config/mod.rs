@@ -21,6 +21,7 @@ pub mod file;
 pub mod flags;
 pub mod tuning;
 pub mod url;
+pub mod watch;
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -96,6 +97,8 @@ pub struct Config {
     pub log_level: LogLevel,
     pub tuning: TuningProfile,
     pub tuning_source: ProfileSource,
+    /// `--experimental-watch-progress-notify-interval`, adjusted as etcd does (`watch`).
+    pub watch_progress_notify_interval: Duration,
 }
 
 /// What the command line asks for.
@@ -174,6 +177,8 @@ struct Raw {
     auto_compaction_retention: String,
     log_level: LogLevel,
     tuning_profile: Option<String>,
+    /// A Go duration.
+    experimental_watch_progress_notify_interval: String,
     /// The settings came from `--config-file` rather than flags and environment.
     from_file: bool,
     /// By etcd key (`listen-client-urls`); absent means `Origin::Default`.
@@ -388,6 +393,8 @@ impl Raw {
             auto_compaction_retention: flags.auto_compaction_retention,
             log_level: flags.log_level,
             tuning_profile: flags.tuning_profile,
+            experimental_watch_progress_notify_interval: flags
+                .experimental_watch_progress_notify_interval,
             from_file: false,
             origins,
         }
@@ -446,6 +453,9 @@ impl Raw {
                 .unwrap_or_else(|| defaults::AUTO_COMPACTION_RETENTION.to_owned()),
             log_level: file.log_level.unwrap_or(LogLevel::Info),
             tuning_profile: file.tuning_profile,
+            experimental_watch_progress_notify_interval: file
+                .experimental_watch_progress_notify_interval
+                .map_or_else(|| watch::DEFAULT.to_owned(), watch::from_nanos),
             from_file: true,
             origins,
         }
@@ -581,6 +591,15 @@ fn resolve(raw: Raw, cores: usize) -> Result<Config, ConfigError> {
         raw.initial_cluster_state,
     )?;
 
+    let watch_progress_notify_interval =
+        watch::parse(&raw.experimental_watch_progress_notify_interval).map_err(|reason| {
+            raw.invalid(
+                "experimental-watch-progress-notify-interval",
+                &raw.experimental_watch_progress_notify_interval,
+                reason,
+            )
+        })?;
+
     let (tuning, tuning_source) = TuningProfile::load(raw.tuning_profile.as_deref(), cores)?;
     tuning.check_cores(&tuning_source, cores)?;
 
@@ -612,6 +631,7 @@ fn resolve(raw: Raw, cores: usize) -> Result<Config, ConfigError> {
         log_level: raw.log_level,
         tuning,
         tuning_source,
+        watch_progress_notify_interval,
     })
 }
 
@@ -641,6 +661,9 @@ impl Config {
             auto_compaction_retention: Some(self.auto_compaction.retention_string()),
             log_level: Some(self.log_level),
             tuning_profile: Some(self.tuning_source.to_string()),
+            experimental_watch_progress_notify_interval: Some(
+                i64::try_from(self.watch_progress_notify_interval.as_nanos()).unwrap_or(i64::MAX),
+            ),
             unsupported: BTreeMap::new(),
         }
     }

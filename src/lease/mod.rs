@@ -62,8 +62,8 @@ pub use clock::{Clock, MonotonicClock, SimClock};
 /// etcd's `MaxLeaseTTL` (about 285 years): a longer grant is refused.
 pub const TTL_MAX_SECS: i64 = 9_000_000_000;
 
-/// First byte of every lease-table key.
-const TABLE_LEASE: u8 = 0x04;
+/// First byte of every lease-table key (public for snapshots, which copy the table).
+pub const TABLE_LEASE: u8 = 0x04;
 const _: () = assert!(TABLE_LEASE >= mvcc::FOREIGN_TABLE_MIN);
 
 #[derive(Debug, thiserror::Error)]
@@ -173,6 +173,25 @@ fn lease_key(id: i64) -> [u8; 9] {
     key
 }
 
+/// A lease-table row for lease `id` granted `ttl_secs` (what a snapshot restore writes).
+pub fn table_row(id: i64, ttl_secs: i64) -> ([u8; 9], [u8; 8]) {
+    (lease_key(id), ttl_secs.to_be_bytes())
+}
+
+/// `(id, granted TTL)` of a lease-table row.
+pub fn decode_table_row(key: &[u8], value: &[u8]) -> Result<(i64, i64), LeaseError> {
+    let corrupt = || LeaseError::Corrupt {
+        key: key.to_vec(),
+        value: value.to_vec(),
+    };
+    let id = key
+        .strip_prefix(&[TABLE_LEASE])
+        .and_then(|id| <[u8; 8]>::try_from(id).ok())
+        .ok_or_else(corrupt)?;
+    let ttl = <[u8; 8]>::try_from(value).map_err(|_| corrupt())?;
+    Ok((i64::from_be_bytes(id), i64::from_be_bytes(ttl)))
+}
+
 /// Writes the lease-table rows of `effects` into `batch` (the entry's page-store commit).
 pub fn persist(effects: &[LeaseEffect], batch: &mut MvccBatch<'_>) -> mvcc::Result<()> {
     for effect in effects {
@@ -208,16 +227,11 @@ impl Lessor {
         let snap = mvcc.page_store().snapshot();
         for row in snap.range(&[TABLE_LEASE], Some(&[TABLE_LEASE + 1])) {
             let (key, value) = row.map_err(MvccError::from)?;
-            let (Ok(id), Ok(ttl)) = (
-                <[u8; 8]>::try_from(&key[1..]),
-                <[u8; 8]>::try_from(value.as_slice()),
-            ) else {
-                return Err(LeaseError::Corrupt { key, value });
-            };
+            let (id, ttl_secs) = decode_table_row(&key, &value)?;
             state.leases.insert(
-                i64::from_be_bytes(id),
+                id,
                 Lease {
-                    ttl_secs: i64::from_be_bytes(ttl),
+                    ttl_secs,
                     keys: BTreeSet::new(),
                     expiry: None,
                     check_at: None,

@@ -127,7 +127,13 @@ pub fn run(config: &Config) -> Result<(), ServerError> {
         },
     )?);
     // Before the applier, so the hub has dispatched exactly what MVCC holds when it starts.
-    let hub = Hub::new(mvcc.clone(), WatchConfig::default());
+    let hub = Hub::new(
+        mvcc.clone(),
+        WatchConfig {
+            progress_notify_interval: config.watch_progress_notify_interval,
+            ..WatchConfig::default()
+        },
+    );
     let hook_hub = hub.clone();
     let mut applier = Applier::with_lessor(mvcc.clone(), lessor.clone())
         .with_auth(auth.clone())

@@ -9,14 +9,18 @@ use crate::apply::alarm::{AlarmSet, AUX_ALARMS};
 use crate::mvcc::{ExportView, ExportedVersion, Revision};
 
 use super::bolt::{self, PAGE_BYTES};
+use super::LeaseRecord;
 use super::{
     alarm_key, revision_bytes, SnapshotError, ALARM_BUCKET, AUTH_BUCKET, AUTH_ROLES_BUCKET,
-    AUTH_USERS_BUCKET, BUCKETS, CONSISTENT_INDEX, FINISHED_COMPACT_REV, KEY_BUCKET, META_BUCKET,
-    SCHEDULED_COMPACT_REV,
+    AUTH_USERS_BUCKET, BUCKETS, CONSISTENT_INDEX, FINISHED_COMPACT_REV, KEY_BUCKET, LEASE_BUCKET,
+    META_BUCKET, SCHEDULED_COMPACT_REV,
 };
 
 /// Bytes per chunk of a snapshot stream (etcd sends 32 KiB).
 pub const CHUNK_BYTES: usize = 64 * 1024;
+
+/// A small bucket's (key, value) entries, built in memory.
+type Entries = Vec<(Vec<u8>, Vec<u8>)>;
 
 type Visit<'f> = dyn FnMut(&[u8], &[u8]) -> Result<(), SnapshotError> + 'f;
 
@@ -103,6 +107,7 @@ fn buckets(view: &ExportView) -> Result<Vec<(&'static [u8], Source<'_>)>, Snapsh
     let auth = crate::auth::AuthBuckets::from_rows(view.foreign_rows(crate::auth::TABLE_AUTH)?)
         .map_err(|e| SnapshotError::Invalid(format!("auth state in the store: {e}")))?;
     let (mut auth_meta, mut users, mut roles) = (auth.auth, auth.users, auth.roles);
+    let mut leases = lease_entries(view)?;
     let mut out = Vec::new();
     for name in BUCKETS {
         let source = match name {
@@ -112,12 +117,33 @@ fn buckets(view: &ExportView) -> Result<Vec<(&'static [u8], Source<'_>)>, Snapsh
             AUTH_BUCKET => Source::Mem(std::mem::take(&mut auth_meta)),
             AUTH_USERS_BUCKET => Source::Mem(std::mem::take(&mut users)),
             AUTH_ROLES_BUCKET => Source::Mem(std::mem::take(&mut roles)),
+            LEASE_BUCKET => Source::Mem(std::mem::take(&mut leases)),
             _ => Source::Mem(Vec::new()),
         };
         out.push((name, source));
     }
     debug_assert!(out.windows(2).all(|w| w[0].0 < w[1].0));
     Ok(out)
+}
+
+/// The `lease` bucket: etcd's entry for every lease in the view's lease table, in id order as
+/// bbolt sorts the big-endian keys. The table is small (one row per lease), so it is built in
+/// memory like the other small buckets.
+fn lease_entries(view: &ExportView) -> Result<Entries, SnapshotError> {
+    let mut entries = Vec::new();
+    for (key, value) in view.foreign_rows(crate::lease::TABLE_LEASE)? {
+        let (id, ttl) = crate::lease::decode_table_row(&key, &value)
+            .map_err(|e| SnapshotError::Invalid(format!("lease table in the store: {e}")))?;
+        let record = LeaseRecord {
+            id,
+            ttl,
+            remaining_ttl: 0,
+        };
+        entries.push((id.to_be_bytes().to_vec(), record.encode_to_vec()));
+    }
+    // Table rows and bucket keys are the same big-endian bytes, so the order carries over.
+    debug_assert!(entries.windows(2).all(|w| w[0].0 < w[1].0));
+    Ok(entries)
 }
 
 /// A branch element: the child's first key and page id.

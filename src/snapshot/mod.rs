@@ -7,7 +7,10 @@
 //!
 //! ```text
 //! alarm            marshaled etcdserverpb.AlarmMember -> ""            (raised alarms)
-//! auth, authRoles, authUsers, cluster, lease, members, members_removed    (empty here)
+//! auth, authRoles, authUsers                         users, roles, the enabled flag (auth::AuthBuckets)
+//! lease            id i64 BE -> marshaled leasepb.Lease { 1: ID, 2: TTL (granted), 3: RemainingTTL }
+//!                  (RemainingTTL is 0: ringkv keeps no checkpointed remaining TTL)
+//! cluster, members, members_removed                  (empty here)
 //! key              main u64 BE ‖ '_' ‖ sub u64 BE [‖ 't' for a delete] -> marshaled mvccpb.KeyValue
 //!                  (a delete's KeyValue holds only the key), in revision order
 //! meta             "consistent_index"    -> u64 BE
@@ -91,6 +94,7 @@ const ALARM_BUCKET: &[u8] = b"alarm";
 const AUTH_BUCKET: &[u8] = b"auth";
 const AUTH_USERS_BUCKET: &[u8] = b"authUsers";
 const AUTH_ROLES_BUCKET: &[u8] = b"authRoles";
+const LEASE_BUCKET: &[u8] = b"lease";
 const CONSISTENT_INDEX: &[u8] = b"consistent_index";
 const FINISHED_COMPACT_REV: &[u8] = b"finishedCompactRev";
 const SCHEDULED_COMPACT_REV: &[u8] = b"scheduledCompactRev";
@@ -135,6 +139,19 @@ fn parse_revision_bytes(bytes: &[u8]) -> Option<(i64, i64, bool)> {
     let main = i64::from_be_bytes(bytes[..8].try_into().ok()?);
     let sub = i64::from_be_bytes(bytes[9..REV_BYTES].try_into().ok()?);
     Some((main, sub, tombstone))
+}
+
+/// etcd's `leasepb.Lease`, the value of a `lease` bucket entry.
+#[derive(Clone, PartialEq, prost::Message)]
+struct LeaseRecord {
+    #[prost(int64, tag = "1")]
+    id: i64,
+    /// The granted TTL in seconds.
+    #[prost(int64, tag = "2")]
+    ttl: i64,
+    /// The checkpointed remaining TTL (etcd 3.4's lease checkpoints); 0 when none.
+    #[prost(int64, tag = "3")]
+    remaining_ttl: i64,
 }
 
 fn alarm_key(alarm: &AlarmMember) -> Vec<u8> {

@@ -10,14 +10,16 @@ use ringkv_proto::mvccpb;
 use sha2::{Digest, Sha256};
 
 use crate::apply::alarm::{AlarmSet, AUX_ALARMS};
+use crate::lease::TTL_MAX_SECS;
 use crate::mvcc::{ExportedVersion, Importer, KeyValue, Mvcc, Revision};
 use crate::page_store::{PageStore, PageStoreConfig, MAX_KEY_BYTES, MAX_VALUE_BYTES};
 
 use super::bolt::{BoltReader, BucketRoot};
+use super::LeaseRecord;
 use super::{
     parse_revision_bytes, SnapshotError, ALARM_BUCKET, AUTH_BUCKET, AUTH_ROLES_BUCKET,
-    AUTH_USERS_BUCKET, FINISHED_COMPACT_REV, KEY_BUCKET, META_BUCKET, SCHEDULED_COMPACT_REV,
-    TRAILER_BYTES,
+    AUTH_USERS_BUCKET, FINISHED_COMPACT_REV, KEY_BUCKET, LEASE_BUCKET, META_BUCKET,
+    SCHEDULED_COMPACT_REV, TRAILER_BYTES,
 };
 
 /// What `etcdctl snapshot status` reports.
@@ -137,7 +139,8 @@ pub struct Restored {
 }
 
 /// Builds the key space of a new member in `<data_dir>/member/snap` from the snapshot file:
-/// every version of the `key` bucket with its revision, the compaction state, the alarms.
+/// every version of the `key` bucket with its revision, the compaction state, the alarms, the
+/// auth buckets and the leases.
 /// Refuses a data dir that exists and is not empty (etcd's rule). The caller records the
 /// member's ids. On failure the partly built `member` directory is removed.
 pub fn restore(cfg: &RestoreConfig) -> Result<Restored, SnapshotError> {
@@ -205,6 +208,7 @@ fn build(db: &BoltReader, snap_dir: &Path) -> Result<Restored, SnapshotError> {
     let auth_rows = auth
         .into_rows()
         .map_err(|e| invalid(format!("auth buckets: {e}")))?;
+    let leases = read_leases(db, bucket(LEASE_BUCKET))?;
 
     std::fs::create_dir_all(snap_dir)?;
     let store = PageStore::open(snap_dir, PageStoreConfig::default())?;
@@ -212,7 +216,14 @@ fn build(db: &BoltReader, snap_dir: &Path) -> Result<Restored, SnapshotError> {
     let mut last: Option<Revision> = None;
     let mut versions = 0u64;
     db.for_each(key, &mut |k, v, _| {
-        let (rev, version) = decode_version(k, v)?;
+        let (rev, mut version) = decode_version(k, v)?;
+        if let ExportedVersion::Put(kv) = &mut version {
+            // etcd's restore logs a key whose lease is gone and leaves it unattached; ringkv's
+            // lessor requires every named lease to exist, so the key loses the lease instead.
+            if kv.lease != 0 && !leases.contains_key(&kv.lease) {
+                kv.lease = 0;
+            }
+        }
         if last.is_some_and(|l| l >= rev) {
             return Err(invalid(format!("revision {rev:?} out of order in \"key\"")));
         }
@@ -227,6 +238,10 @@ fn build(db: &BoltReader, snap_dir: &Path) -> Result<Restored, SnapshotError> {
     for (key, value) in &auth_rows {
         importer.put_foreign(key, value)?;
     }
+    for (&id, &ttl_secs) in &leases {
+        let (key, value) = crate::lease::table_row(id, ttl_secs);
+        importer.put_foreign(&key, &value)?;
+    }
     let finished_at = finished.max(-1);
     let current = importer.finish(last.map_or(1, |r| r.main).max(scheduled), finished_at)?;
     let mvcc = Mvcc::open(store)?;
@@ -239,6 +254,34 @@ fn build(db: &BoltReader, snap_dir: &Path) -> Result<Restored, SnapshotError> {
         compacted: mvcc.compacted_revision(),
         versions,
     })
+}
+
+/// The `lease` bucket as id -> granted TTL. etcd keeps leases across a restore (with their
+/// keys attached; their countdown restarts at the granted TTL when the member becomes leader),
+/// and so does ringkv. A checkpointed RemainingTTL is not kept (see the module doc).
+fn read_leases(
+    db: &BoltReader,
+    root: Option<&BucketRoot>,
+) -> Result<std::collections::BTreeMap<i64, i64>, SnapshotError> {
+    let mut leases = std::collections::BTreeMap::new();
+    let Some(root) = root else {
+        return Ok(leases);
+    };
+    db.for_each(root, &mut |k, v, _| {
+        let record = LeaseRecord::decode(v).map_err(|e| invalid(format!("lease entry: {e}")))?;
+        let key_id = <[u8; 8]>::try_from(k)
+            .map(i64::from_be_bytes)
+            .map_err(|_| invalid(format!("lease key {k:x?} is not 8 bytes")))?;
+        if record.id != key_id || record.id == 0 || !(1..=TTL_MAX_SECS).contains(&record.ttl) {
+            return Err(invalid(format!(
+                "lease entry {key_id:x}: id {:x} / TTL {} out of range",
+                record.id, record.ttl
+            )));
+        }
+        leases.insert(record.id, record.ttl);
+        Ok(())
+    })?;
+    Ok(leases)
 }
 
 /// One `key` bucket entry as a version, validated so that the import's invariants hold.
