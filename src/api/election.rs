@@ -166,7 +166,7 @@ async fn observe(
                 if event.kind == EventKind::Delete {
                     break 'leader;
                 }
-                let header = watch_header(recipe.ctx(), delivery.header_revision);
+                let header = recipe.ctx().header(delivery.header_revision);
                 send(tx, header, exec::to_pb(event.kv)).await?;
             }
         }
@@ -189,19 +189,10 @@ async fn first_put(
             .into_iter()
             .find(|e| e.kind == EventKind::Put)
         {
-            let header = watch_header(recipe.ctx(), event.kv.mod_revision);
+            let header = recipe.ctx().header(event.kv.mod_revision);
             return Ok((header, exec::to_pb(event.kv)));
         }
     }
-}
-
-fn watch_header(ctx: &Context, revision: i64) -> Option<ResponseHeader> {
-    let mut header = Some(ResponseHeader {
-        revision,
-        ..ResponseHeader::default()
-    });
-    ctx.fill(&mut header);
-    header
 }
 
 async fn send(
