@@ -77,7 +77,7 @@ use std::sync::Arc;
 use parking_lot::{Condvar, Mutex};
 use raft::eraftpb::Message;
 
-pub use config::RaftConfig;
+pub use config::{RaftConfig, VOTERS_MAX};
 pub use error::RaftError;
 pub use storage::LogStore;
 

@@ -93,13 +93,18 @@ struct ReadWaiter {
 }
 
 /// Read barriers, batched: all waiters queued between two `read_index` calls share one context.
+/// A context is a request id (`member id ‖ sequence`): the leader keys pending reads by context
+/// across all members, so contexts must be unique cluster-wide.
 #[derive(Default)]
 struct Reads {
     next_ctx: u64,
     /// Waiting for raft to be able to serve a read index (a leader that has committed in its term).
     unsent: Vec<ReadWaiter>,
-    /// Sent to raft under a context, waiting for its read state.
+    /// Sent to raft under a context, waiting for its read state. A follower's request or the
+    /// leader's answer may be lost on the way: a context unanswered after `read_retry` is sent
+    /// again under a new one (etcd retries after 500 ms too).
     in_flight: HashMap<u64, Vec<ReadWaiter>>,
+    sent_at: HashMap<u64, Instant>,
     /// Read index known, waiting for the applied index to reach it.
     confirmed: Vec<(u64, Vec<ReadWaiter>)>,
 }
@@ -239,7 +244,10 @@ impl Node {
             proposals: HashMap::new(),
             leader_indexes: BTreeMap::new(),
             next_seq: first_sequence(),
-            reads: Reads::default(),
+            reads: Reads {
+                next_ctx: first_sequence(),
+                ..Reads::default()
+            },
             applied,
             skip_through: sm_applied,
             commit_unpersisted: false,
@@ -299,6 +307,7 @@ impl Node {
         self.raw.tick();
         self.next_tick = now + self.cfg.heartbeat;
         self.expire_requests(now);
+        self.retry_reads(now);
     }
 
     async fn wait(&self) {
@@ -411,7 +420,8 @@ impl Node {
         self.reads.next_ctx += 1;
         let waiters = std::mem::take(&mut self.reads.unsent);
         self.reads.in_flight.insert(ctx, waiters);
-        self.raw.read_index(ctx.to_le_bytes().to_vec());
+        self.reads.sent_at.insert(ctx, Instant::now());
+        self.raw.read_index(request_id(self.cfg.member_id, ctx));
     }
 
     async fn handle_ready(&mut self) -> Result<(), RaftError> {
@@ -423,12 +433,13 @@ impl Node {
         );
         self.persist(&mut rd).await?;
         for rs in rd.take_read_states() {
-            let ctx = u64::from_le_bytes(
-                rs.request_ctx
-                    .as_slice()
-                    .try_into()
-                    .expect("read contexts are 8 bytes"),
-            );
+            let Some((member, ctx)) = parse_request_id(&rs.request_ctx) else {
+                panic!("read contexts are request ids: {:?}", rs.request_ctx);
+            };
+            if member != self.cfg.member_id {
+                continue;
+            }
+            self.reads.sent_at.remove(&ctx);
             if let Some(waiters) = self.reads.in_flight.remove(&ctx) {
                 self.reads.confirmed.push((rs.index, waiters));
             }
@@ -585,6 +596,25 @@ impl Node {
         }
     }
 
+    /// Moves read barriers unanswered for `read_retry` back to `unsent`, to go out again under a
+    /// new context (the old one's answer, if it ever comes, finds no waiters).
+    fn retry_reads(&mut self, now: Instant) {
+        let retry = self.cfg.election_timeout / 2;
+        let stale: Vec<u64> = self
+            .reads
+            .sent_at
+            .iter()
+            .filter(|(_, &sent)| now.duration_since(sent) >= retry)
+            .map(|(&ctx, _)| ctx)
+            .collect();
+        for ctx in stale {
+            self.reads.sent_at.remove(&ctx);
+            if let Some(waiters) = self.reads.in_flight.remove(&ctx) {
+                self.reads.unsent.extend(waiters);
+            }
+        }
+    }
+
     fn answer_reads(&mut self) {
         let applied = self.applied;
         self.reads.confirmed.retain_mut(|(index, waiters)| {
@@ -663,6 +693,8 @@ impl Node {
         self.reads.in_flight.values_mut().for_each(expire);
         self.reads.confirmed.iter_mut().for_each(|(_, w)| expire(w));
         self.reads.in_flight.retain(|_, w| !w.is_empty());
+        let in_flight = &self.reads.in_flight;
+        self.reads.sent_at.retain(|ctx, _| in_flight.contains_key(ctx));
         self.reads.confirmed.retain(|(_, w)| !w.is_empty());
     }
 
