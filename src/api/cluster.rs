@@ -56,7 +56,11 @@ pub struct ClusterService {
 
 impl ClusterService {
     pub fn new(ctx: Arc<Context>, members: Arc<Members>) -> ClusterService {
-        assert_eq!(ctx.member_id, members.local_id(), "the local member is this server");
+        assert_eq!(
+            ctx.member_id,
+            members.local_id(),
+            "the local member is this server"
+        );
         ClusterService { ctx, members }
     }
 

@@ -200,7 +200,10 @@ fn parse(path: &Path, text: &str) -> Result<Vec<MemberInfo>, MembersError> {
         };
         let id = u64::from_str_radix(id, 16).map_err(|_| malformed(i + 1, "bad member id"))?;
         if id == 0 || list.last().is_some_and(|m: &MemberInfo| m.id >= id) {
-            return Err(malformed(i + 1, "member ids must be non-zero and ascending"));
+            return Err(malformed(
+                i + 1,
+                "member ids must be non-zero and ascending",
+            ));
         }
         list.push(MemberInfo {
             id,
@@ -243,10 +246,15 @@ mod tests {
     #[test]
     fn learned_client_urls_survive_a_reload() {
         let dir = tempfile::tempdir().unwrap();
-        let members =
-            Members::load_or_record(dir.path(), 3, vec![member(3, "a", &[]), member(9, "b", &[])])
-                .unwrap();
-        members.learn(9, "b", &["http://b:2379".to_owned()]).unwrap();
+        let members = Members::load_or_record(
+            dir.path(),
+            3,
+            vec![member(3, "a", &[]), member(9, "b", &[])],
+        )
+        .unwrap();
+        members
+            .learn(9, "b", &["http://b:2379".to_owned()])
+            .unwrap();
         members.learn(77, "ghost", &[]).unwrap();
         let again = Members::load_or_record(dir.path(), 3, Vec::new()).unwrap();
         assert_eq!(

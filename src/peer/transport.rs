@@ -35,7 +35,10 @@ pub struct PeerSenders {
 }
 
 /// A transport to `peers` (id and advertised peer URLs; this member excluded).
-pub fn transport(peers: Vec<(u64, Vec<String>)>, config: PeerConfig) -> (PeerTransport, PeerSenders) {
+pub fn transport(
+    peers: Vec<(u64, Vec<String>)>,
+    config: PeerConfig,
+) -> (PeerTransport, PeerSenders) {
     let mut queues = HashMap::new();
     let mut senders = Vec::new();
     for (id, urls) in peers {

@@ -286,11 +286,7 @@ impl RaftHandle {
     /// Tells raft that a message to `peer` was lost (a failed send), so it probes the peer
     /// rather than pipelining to it. Never waits; dropped when the queue is full.
     pub fn report_unreachable(&self, peer: u64) {
-        let _ = self
-            .inner
-            .shared
-            .queue
-            .try_push(Request::Unreachable(peer));
+        let _ = self.inner.shared.queue.try_push(Request::Unreachable(peer));
     }
 
     pub fn status(&self) -> RaftStatus {

@@ -35,10 +35,10 @@
 //! replay is idempotent because the state machine's durable applied index is the truth.
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::{SystemTime, UNIX_EPOCH};
 use std::pin::pin;
 use std::sync::Arc;
 use std::time::Instant;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use raft::eraftpb::{ConfState, Entry, EntryType, Message, MessageType};
 use raft::{RawNode, Ready, SnapshotStatus, StateRole};
@@ -694,7 +694,9 @@ impl Node {
         self.reads.confirmed.iter_mut().for_each(|(_, w)| expire(w));
         self.reads.in_flight.retain(|_, w| !w.is_empty());
         let in_flight = &self.reads.in_flight;
-        self.reads.sent_at.retain(|ctx, _| in_flight.contains_key(ctx));
+        self.reads
+            .sent_at
+            .retain(|ctx, _| in_flight.contains_key(ctx));
         self.reads.confirmed.retain(|(_, w)| !w.is_empty());
     }
 

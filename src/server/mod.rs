@@ -191,7 +191,15 @@ pub fn run(config: &Config) -> Result<(), ServerError> {
         senders.spawn(runtime.handle(), &peer_ctx);
     }
     let peering = (members.ids().len() > 1).then_some((peer_ctx, peer_config));
-    let served = runtime.block_on(serve(config, ctx, hub, ids, &lease_config, members, peering));
+    let served = runtime.block_on(serve(
+        config,
+        ctx,
+        hub,
+        ids,
+        &lease_config,
+        members,
+        peering,
+    ));
     // Everything acknowledged is already durable; this stops the loop and the WAL writer.
     log.handle.shutdown();
     served?;
