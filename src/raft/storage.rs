@@ -36,7 +36,12 @@ pub struct LogStore {
     snapshot_index: u64,
     snapshot_term: u64,
     entries: Vec<Entry>,
+    /// When a follower's need for a snapshot was last logged (raft-rs asks on every probe).
+    snapshot_warned: parking_lot::Mutex<Option<std::time::Instant>>,
 }
+
+/// At most one "cannot send a snapshot" warning per this interval.
+const SNAPSHOT_WARNING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl LogStore {
     /// An empty log whose members are `conf_state`.
@@ -207,10 +212,22 @@ impl Storage for LogStore {
         Ok(self.last())
     }
 
-    /// The engine keeps no state-machine snapshots yet: a follower too far behind for the log
-    /// cannot be caught up, so raft-rs is told to retry later (never given an empty snapshot
-    /// that would skip state). Single-member clusters never ask.
-    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+    /// The engine keeps no state-machine snapshots yet (issue 5 phase 2): a follower that needs
+    /// an entry at or below the snapshot marker cannot be caught up, so raft-rs is told to retry
+    /// later (never given an empty snapshot that would skip state), and the leader says so in
+    /// its log every `SNAPSHOT_WARNING_INTERVAL`. Single-member clusters never ask.
+    fn snapshot(&self, _request_index: u64, to: u64) -> raft::Result<Snapshot> {
+        let mut warned = self.snapshot_warned.lock();
+        let now = std::time::Instant::now();
+        if warned.is_none_or(|at| now.duration_since(at) >= SNAPSHOT_WARNING_INTERVAL) {
+            *warned = Some(now);
+            eprintln!(
+                "ringkv: warning: member {to:016x} needs raft entries at or below index {}, which \
+                 this leader has compacted; sending snapshots is not supported yet, so it cannot \
+                 catch up",
+                self.snapshot_index
+            );
+        }
         Err(raft::Error::Store(
             StorageError::SnapshotTemporarilyUnavailable,
         ))
