@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 use cluster_support::Cluster;
 use ringkv_proto::etcdserverpb::kv_client::KvClient;
 use ringkv_proto::etcdserverpb::{PutRequest, RangeRequest};
+use ringkv_proto::ringkvpeerpb::raft_peer_client::RaftPeerClient;
+use ringkv_proto::ringkvpeerpb::{Hello, MessageBatch};
 use server_support::{etcdctl, is_reference, json, ok};
 use tonic::transport::Channel;
 
@@ -113,19 +115,16 @@ impl Load {
                         value: value.clone().into_bytes(),
                         ..PutRequest::default()
                     });
-                    match put.await {
-                        Ok(_) => {
-                            a.lock().unwrap().insert(key, value);
-                            c.fetch_add(1, Ordering::SeqCst);
-                            if k.load(Ordering::SeqCst) {
-                                ak.fetch_add(1, Ordering::SeqCst);
-                            }
+                    if put.await.is_ok() {
+                        a.lock().unwrap().insert(key, value);
+                        c.fetch_add(1, Ordering::SeqCst);
+                        if k.load(Ordering::SeqCst) {
+                            ak.fetch_add(1, Ordering::SeqCst);
                         }
-                        Err(_) => {
-                            clients[i] = None;
-                            // Give an election room rather than spinning through the writes.
-                            tokio::time::sleep(Duration::from_millis(20)).await;
-                        }
+                    } else {
+                        clients[i] = None;
+                        // Give an election room rather than spinning through the writes.
+                        tokio::time::sleep(Duration::from_millis(20)).await;
                     }
                 }
             });
@@ -282,7 +281,13 @@ fn survive_sigkill(victim: impl Fn(&Cluster, usize) -> usize) {
     let mut cluster = Cluster::start(dir.path(), 3);
     let leader = cluster.wait_leader(Duration::from_secs(30));
     let killed = victim(&cluster, leader);
-    let load = Load::start(cluster.members.iter().map(|m| m.endpoint()).collect());
+    let load = Load::start(
+        cluster
+            .members
+            .iter()
+            .map(cluster_support::Member::endpoint)
+            .collect(),
+    );
     load.wait_acked(ACKED_BEFORE_KILL);
     cluster.members[killed].kill();
     load.killed.store(true, Ordering::SeqCst);
@@ -354,8 +359,6 @@ fn peer_requests_of_another_cluster_are_refused() {
     if is_reference() {
         return;
     }
-    use ringkv_proto::ringkvpeerpb::raft_peer_client::RaftPeerClient;
-    use ringkv_proto::ringkvpeerpb::{Hello, MessageBatch};
     let dir = tempfile::tempdir().unwrap();
     let cluster = Cluster::start(dir.path(), 3);
     let peer = cluster.members[0].peer_url();

@@ -128,7 +128,7 @@ impl Members {
         if member.name == name && member.client_urls == client_urls {
             return Ok(());
         }
-        member.name = name.to_owned();
+        name.clone_into(&mut member.name);
         member.client_urls = client_urls.to_vec();
         // Under the lock, so concurrent learners write the file in the order they changed it.
         write(&self.path, &list).map_err(|source| MembersError::Io {
@@ -158,15 +158,17 @@ fn check(list: &[MemberInfo], local_id: u64) -> Result<(), MembersError> {
 }
 
 fn write(path: &Path, list: &[MemberInfo]) -> io::Result<()> {
+    use std::fmt::Write as _;
     let mut text = String::new();
     for m in list {
-        text.push_str(&format!(
-            "{:016x}\t{}\t{}\t{}\n",
+        let _ = writeln!(
+            text,
+            "{:016x}\t{}\t{}\t{}",
             m.id,
             m.name,
             m.peer_urls.join(","),
             m.client_urls.join(",")
-        ));
+        );
     }
     let tmp = path.with_extension("tmp");
     let mut file = fs::File::create(&tmp)?;

@@ -108,7 +108,7 @@ impl Sender {
             let Some(first) = self.rx.recv().await else {
                 return;
             };
-            let batch = self.batch(first);
+            let batch = self.batch(&first);
             match self.deliver(batch).await {
                 Ok(()) => {
                     if !self.reachable {
@@ -150,9 +150,9 @@ impl Sender {
     }
 
     /// `first` and whatever else is queued, up to the batch limits.
-    fn batch(&mut self, first: Message) -> Vec<Vec<u8>> {
+    fn batch(&mut self, first: &Message) -> Vec<Vec<u8>> {
         let encode = |m: &Message| m.write_to_bytes().expect("raft messages encode");
-        let mut batch = vec![encode(&first)];
+        let mut batch = vec![encode(first)];
         let mut bytes = batch[0].len();
         while batch.len() < self.config.batch_messages_max && bytes < self.config.batch_bytes_max {
             let Ok(m) = self.rx.try_recv() else { break };

@@ -232,9 +232,13 @@ impl Cluster {
     }
 
     pub fn logs(&self) -> String {
-        self.members
-            .iter()
-            .map(|m| format!("--- {} ---\n{}", m.name, m.log()))
-            .collect()
+        let mut out = String::new();
+        for m in &self.members {
+            out.push_str("--- ");
+            out.push_str(&m.name);
+            out.push_str(" ---\n");
+            out.push_str(&m.log());
+        }
+        out
     }
 }
