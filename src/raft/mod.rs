@@ -214,8 +214,11 @@ impl RaftHandle {
     /// Back-pressure: while the request queue is full (`proposal_queue_depth`) the future waits
     /// for room rather than failing, which is kinder to clients than an error they must retry;
     /// [`RaftHandle::try_propose`] fails with `Overloaded` instead. The request is queued when
-    /// the future is first polled. Errors: `EmptyProposal`, `TooLarge`, `NotLeader`, `Dropped`,
-    /// `Timeout` (may still apply), `Stopped`/`Halted` (may have applied if it was in the log).
+    /// the future is first polled. On a follower the proposal is forwarded to the leader and
+    /// answered here when its entry applies on this member. Errors: `EmptyProposal`,
+    /// `TooLarge`, `NotLeader` (no leader known, or one transferring leadership), `Dropped`,
+    /// `Timeout` (may still apply; also a forwarded proposal lost in a leader change),
+    /// `Stopped`/`Halted` (may have applied if it was in the log).
     pub fn propose(
         &self,
         data: Vec<u8>,

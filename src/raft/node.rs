@@ -3,9 +3,12 @@
 //!
 //! # One iteration
 //!
-//! 1. Tick raft if a heartbeat interval has passed; time out old requests.
+//! 1. Tick raft if a heartbeat interval has passed; time out old requests; re-issue read
+//!    barriers unanswered for half an election timeout.
 //! 2. Take every queued request (up to `max_batch_entries` / `max_batch_bytes`): proposals go to
-//!    `RawNode::propose`, read barriers are batched into one `RawNode::read_index`.
+//!    `RawNode::propose` under a request id (a follower's are forwarded by raft-rs), read
+//!    barriers are batched into one `RawNode::read_index`, peers' messages to `RawNode::step`,
+//!    failed sends to `report_unreachable`.
 //! 3. If raft has a `Ready`, handle it (below) and loop; otherwise sleep until a request arrives
 //!    or the next tick is due.
 //!
