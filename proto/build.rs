@@ -11,6 +11,7 @@ const PROTO_FILES: &[&str] = &[
     "etcd/api/etcdserverpb/rpc.proto",
     "etcd/server/etcdserver/api/v3lock/v3lockpb/v3lock.proto",
     "etcd/server/etcdserver/api/v3election/v3electionpb/v3election.proto",
+    "ringkv/peer.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

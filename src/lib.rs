@@ -13,6 +13,7 @@ pub mod lease;
 pub mod metrics;
 pub mod mvcc;
 pub mod page_store;
+pub mod peer;
 pub mod raft;
 pub mod server;
 pub mod snapshot;

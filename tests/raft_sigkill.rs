@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use rand::{Rng, SeedableRng};
+use ringkv::raft::storage::decode_entry;
 use ringkv::raft::{self, Committed, RaftConfig, StateMachine};
 use ringkv::wal::Wal;
 
@@ -214,24 +215,34 @@ fn raft_sigkill_loop() {
             compacted_to <= applied,
             "seed {seed} cycle {cycle}: compacted past applied"
         );
-        let log: BTreeMap<u64, &[u8]> = recovered
+        // Decoded as the engine reads them back (entry type, request id, data).
+        let entries: Vec<::raft::eraftpb::Entry> = recovered
             .entries
             .iter()
-            .map(|e| (e.index, &e.data[..]))
+            .map(|e| decode_entry(e).unwrap_or_else(|e| panic!("seed {seed}: {e}")))
             .collect();
+        let log: BTreeMap<u64, &::raft::eraftpb::Entry> =
+            entries.iter().map(|e| (e.index, e)).collect();
         for (index, payload) in acked.range(compacted_to + 1..) {
             let data = log.get(index).unwrap_or_else(|| {
                 panic!("seed {seed} cycle {cycle}: acknowledged entry {index} lost")
             });
-            assert_eq!(data[0], 0, "a normal entry");
-            assert_eq!(&data[1..], payload.as_bytes(), "seed {seed} cycle {cycle}");
+            assert_eq!(
+                data.get_entry_type(),
+                ::raft::eraftpb::EntryType::EntryNormal,
+                "a normal entry"
+            );
+            assert_eq!(
+                &data.data[..],
+                payload.as_bytes(),
+                "seed {seed} cycle {cycle}"
+            );
         }
         // A single member commits its whole log once re-elected: these must be re-applied.
-        let expected: Vec<(u64, Vec<u8>)> = recovered
-            .entries
+        let expected: Vec<(u64, Vec<u8>)> = entries
             .iter()
-            .filter(|e| e.index > applied && e.data.len() > 1)
-            .map(|e| (e.index, e.data[1..].to_vec()))
+            .filter(|e| e.index > applied && !e.data.is_empty())
+            .map(|e| (e.index, e.data.to_vec()))
             .collect();
         wal.close().unwrap();
 

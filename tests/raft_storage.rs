@@ -186,7 +186,15 @@ fn entries_round_trip_through_wal_records() {
         let back = decode_entry(&wal::Entry { index, term, data }).unwrap();
         assert_eq!(back, e);
     }
-    for bad in [vec![], vec![9u8, 1, 2]] {
+    // A request id (the entry context) survives the WAL; a truncated one is corruption.
+    let mut e = entry(9, 4, b"put k v");
+    e.context = (1u8..=16).collect::<Vec<u8>>().into();
+    let Record::Entry { index, term, data } = encode_entry(&e) else {
+        panic!("an entry record");
+    };
+    assert_eq!(data[0], 0x80, "normal entry with a request id");
+    assert_eq!(decode_entry(&wal::Entry { index, term, data }).unwrap(), e);
+    for bad in [vec![], vec![9u8, 1, 2], vec![0x80u8, 1, 2, 3]] {
         let r = decode_entry(&wal::Entry {
             index: 1,
             term: 1,

@@ -174,15 +174,15 @@ fn membership_changes_answer_etcds_errors() {
     for (args, error) in [
         (
             vec!["member", "add", "x", &format!("--peer-urls={other}")],
-            "Error: rpc error: code = Unimplemented desc = etcdserver: member add is not supported yet: ringkv has no peer transport",
+            "Error: rpc error: code = Unimplemented desc = etcdserver: member add is not supported yet: membership is fixed at bootstrap",
         ),
         (
             vec!["member", "add", "x", "--learner", &format!("--peer-urls={other}")],
-            "Error: rpc error: code = Unimplemented desc = etcdserver: member add is not supported yet: ringkv has no peer transport",
+            "Error: rpc error: code = Unimplemented desc = etcdserver: member add is not supported yet: membership is fixed at bootstrap",
         ),
         (
             vec!["member", "update", &id, &format!("--peer-urls={other}")],
-            "Error: rpc error: code = Unimplemented desc = etcdserver: changing a member's peer URLs is not supported yet: ringkv has no peer transport",
+            "Error: rpc error: code = Unimplemented desc = etcdserver: changing a member's peer URLs is not supported yet: membership is fixed at bootstrap",
         ),
     ] {
         assert_eq!(fails(e, &args, None), error, "{args:?}");

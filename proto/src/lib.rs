@@ -33,3 +33,8 @@ pub mod v3electionpb {
     //! The Election service.
     tonic::include_proto!("v3electionpb");
 }
+
+pub mod ringkvpeerpb {
+    //! ringkv's internal peer protocol: raft messages between members (not etcd's).
+    tonic::include_proto!("ringkvpeerpb");
+}

@@ -1,20 +1,23 @@
-//! etcd's Cluster service for a single-member cluster without a peer transport.
+//! etcd's Cluster service over the fixed membership recorded at bootstrap (`peer::Members`).
 //!
-//! `MemberList` reports this member (`etcdctl member list`). The membership changes answer what
-//! etcd answers for the same request wherever that answer does not need a second member, in
+//! `MemberList` reports every member with its id, name, peer URLs and client URLs (`etcdctl
+//! member list`); a member whose client URLs are not known yet (it has not greeted this one) has
+//! none, as etcd's unstarted members. Membership changes need raft conf changes (issue 5
+//! phase 2); they answer what etcd answers wherever that answer does not need a change, in
 //! etcd's order of checks (`etcdserver.EtcdServer.{Add,Remove,Update,Promote}Member` and the
 //! apply-time `ValidateConfigurationChange`); what would need one is refused:
 //!
 //! | request | answer |
 //! |---|---|
 //! | add, a peer URL that does not parse (etcd's `types.NewURLs`) | InvalidArgument "etcdserver: given member URLs are invalid" |
-//! | add, a peer URL this member has | FailedPrecondition "etcdserver: Peer URLs already exists" |
+//! | add, a peer URL a member has | FailedPrecondition "etcdserver: Peer URLs already exists" |
 //! | add, otherwise (voter or learner) | Unimplemented, ringkv's [`ApiError::MembershipUnsupported`] |
 //! | remove / update / promote, an unknown id | NotFound "etcdserver: member not found" |
-//! | remove this member | FailedPrecondition "etcdserver: re-configuration failed due to not enough started members" (etcd's strict reconfig check: the cluster would have no started member) |
-//! | update this member, same peer URLs | success, as etcd (a no-op change) |
-//! | update this member, other peer URLs (etcd does not check them) | Unimplemented: the change would have to be replicated and persisted as a raft conf change |
-//! | promote this member | FailedPrecondition "etcdserver: can only promote a learner member" |
+//! | remove, a member of a larger cluster | Unimplemented (a conf change) |
+//! | remove the only member | FailedPrecondition "etcdserver: re-configuration failed due to not enough started members" (etcd's strict reconfig check: the cluster would have no started member) |
+//! | update a member, same peer URLs | success, as etcd (a no-op change) |
+//! | update a member, other peer URLs (etcd does not check them) | Unimplemented: the change would have to be replicated and persisted as a raft conf change |
+//! | promote a member (there are no learners) | FailedPrecondition "etcdserver: can only promote a learner member" |
 //!
 //! etcd answers "etcdserver: ID removed" only for ids it has removed; ringkv removes none.
 
@@ -29,43 +32,36 @@ use ringkv_proto::etcdserverpb::{
 use tonic::{Request, Response, Status};
 
 use crate::config::Url;
+use crate::peer::{MemberInfo, Members};
 
 use super::{ApiError, Context};
 
 /// Peer URLs accepted in one request; etcd has no bound, but a member has a handful.
 const PEER_URLS_MAX: usize = 64;
 
-/// This member as the Cluster service reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LocalMember {
-    pub id: u64,
-    pub name: String,
-    /// As etcd prints them: `scheme://host:port`, in the order configured.
-    pub peer_urls: Vec<String>,
-    pub client_urls: Vec<String>,
-}
-
-impl LocalMember {
-    fn to_proto(&self) -> Member {
-        Member {
-            id: self.id,
-            name: self.name.clone(),
-            peer_ur_ls: self.peer_urls.clone(),
-            client_ur_ls: self.client_urls.clone(),
-            is_learner: false,
-        }
+fn to_proto(member: MemberInfo) -> Member {
+    Member {
+        id: member.id,
+        name: member.name,
+        peer_ur_ls: member.peer_urls,
+        client_ur_ls: member.client_urls,
+        is_learner: false,
     }
 }
 
 pub struct ClusterService {
     ctx: Arc<Context>,
-    member: LocalMember,
+    members: Arc<Members>,
 }
 
 impl ClusterService {
-    pub fn new(ctx: Arc<Context>, member: LocalMember) -> ClusterService {
-        assert_eq!(ctx.member_id, member.id, "the local member is this server");
-        ClusterService { ctx, member }
+    pub fn new(ctx: Arc<Context>, members: Arc<Members>) -> ClusterService {
+        assert_eq!(
+            ctx.member_id,
+            members.local_id(),
+            "the local member is this server"
+        );
+        ClusterService { ctx, members }
     }
 
     fn header(&self) -> Option<ResponseHeader> {
@@ -75,7 +71,7 @@ impl ClusterService {
     }
 
     fn members(&self) -> Vec<Member> {
-        vec![self.member.to_proto()]
+        self.members.list().into_iter().map(to_proto).collect()
     }
 
     /// etcd's `types.NewURLs` check, then its sorted, normalised form for comparisons.
@@ -92,18 +88,8 @@ impl ClusterService {
         Ok(parsed)
     }
 
-    fn own_peer_urls_sorted(&self) -> Vec<String> {
-        let mut own = self.member.peer_urls.clone();
-        own.sort();
-        own
-    }
-
-    fn check_known(&self, id: u64) -> Result<(), ApiError> {
-        if id == self.member.id {
-            Ok(())
-        } else {
-            Err(ApiError::MemberNotFound)
-        }
+    fn check_known(&self, id: u64) -> Result<MemberInfo, ApiError> {
+        self.members.get(id).ok_or(ApiError::MemberNotFound)
     }
 }
 
@@ -115,8 +101,13 @@ impl Cluster for ClusterService {
     ) -> Result<Response<MemberAddResponse>, Status> {
         let req = request.into_inner();
         let urls = Self::parse_peer_urls(&req.peer_ur_ls)?;
-        let own = self.own_peer_urls_sorted();
-        if urls.iter().any(|url| own.contains(url)) {
+        let taken = self
+            .members
+            .list()
+            .into_iter()
+            .flat_map(|m| m.peer_urls)
+            .any(|url| urls.contains(&url));
+        if taken {
             return Err(ApiError::PeerUrlExists.into());
         }
         Err(ApiError::MembershipUnsupported("member add").into())
@@ -127,6 +118,9 @@ impl Cluster for ClusterService {
         request: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberRemoveResponse>, Status> {
         self.check_known(request.into_inner().id)?;
+        if self.members.ids().len() > 1 {
+            return Err(ApiError::MembershipUnsupported("member remove").into());
+        }
         // Removing the only voting member leaves no started member: etcd's strict
         // reconfiguration check refuses it before proposing anything.
         Err(ApiError::MemberNotEnoughStarted.into())
@@ -138,10 +132,11 @@ impl Cluster for ClusterService {
     ) -> Result<Response<MemberUpdateResponse>, Status> {
         let req = request.into_inner();
         // etcd does not check the URLs of an update (its MemberUpdate stores what it is given).
-        self.check_known(req.id)?;
+        let mut known = self.check_known(req.id)?.peer_urls;
+        known.sort();
         let mut urls = req.peer_ur_ls;
         urls.sort();
-        if urls != self.own_peer_urls_sorted() {
+        if urls != known {
             return Err(ApiError::MembershipUnsupported("changing a member's peer URLs").into());
         }
         Ok(Response::new(MemberUpdateResponse {

@@ -63,9 +63,9 @@ pub enum ApiError {
     MemberBadUrls,
     #[error("etcdserver: Peer URLs already exists")]
     PeerUrlExists,
-    /// ringkv's own: a membership change that needs the peer transport, not built yet. Code
+    /// ringkv's own: a membership change, which needs raft conf changes (issue 5 phase 2). Code
     /// Unimplemented, so that clients do not retry it.
-    #[error("etcdserver: {0} is not supported yet: ringkv has no peer transport")]
+    #[error("etcdserver: {0} is not supported yet: membership is fixed at bootstrap")]
     MembershipUnsupported(&'static str),
     /// The Lock and Election recipes' own errors; etcd returns them as plain errors (Unknown).
     #[error(transparent)]

@@ -7,6 +7,9 @@ use std::time::Duration;
 use super::RaftError;
 use crate::wal::WalConfig;
 
+/// Most voting members a cluster may have (etcd recommends at most 7).
+pub const VOTERS_MAX: usize = 15;
+
 /// Configuration of one raft member. [`RaftConfig::new`] is the production profile;
 /// [`RaftConfig::small`] is the test profile.
 ///
@@ -20,6 +23,9 @@ pub struct RaftConfig {
     pub member_id: u64,
     /// Recorded in the WAL's metadata; a WAL of another cluster is refused.
     pub cluster_id: u64,
+    /// Every voting member's id, this one included (the `ConfState` the log starts from).
+    /// Fixed: membership changes are issue 5 phase 2.
+    pub voters: Vec<u64>,
     /// Raft tick interval: one heartbeat per tick (etcd `--heartbeat-interval`, 100 ms).
     pub heartbeat: Duration,
     /// Election timeout, a multiple of `heartbeat` of at least 2 (etcd `--election-timeout`,
@@ -61,6 +67,7 @@ impl RaftConfig {
             wal_dir: wal_dir.into(),
             member_id,
             cluster_id,
+            voters: vec![member_id],
             heartbeat: Duration::from_millis(100),
             election_timeout: Duration::from_secs(1),
             wal: WalConfig::default(),
@@ -106,6 +113,17 @@ impl RaftConfig {
         }
         if self.member_id == 0 {
             return fail("member_id must be non-zero".into());
+        }
+        if !self.voters.contains(&self.member_id) {
+            return fail(format!(
+                "voters {:x?} do not include this member {:x}",
+                self.voters, self.member_id
+            ));
+        }
+        if self.voters.contains(&0) || self.voters.len() > VOTERS_MAX {
+            return fail(format!(
+                "voters must be non-zero ids, at most {VOTERS_MAX} of them"
+            ));
         }
         if self.heartbeat.is_zero() {
             return fail("heartbeat must be positive".into());

@@ -17,10 +17,25 @@
 //! # A proposal's path
 //!
 //! `propose` -> request queue (waits while full) -> loop takes every queued request ->
-//! `RawNode::propose` (the leader's log index is the proposal's identity) -> `Ready` ->
-//! hard state + entries in one WAL batch -> fdatasync -> `advance_append` (a single member
-//! commits) -> `StateMachine::apply` on the batch of committed entries -> the reply for that index
-//! and term goes to the waiting proposer. See `node.rs` for the exact `Ready` handling order.
+//! `RawNode::propose` with a request id (`member id ‖ sequence`, 16 bytes) as the entry's
+//! `context` -> on a follower raft-rs forwards it to the leader -> `Ready` -> hard state +
+//! entries in one WAL batch -> fdatasync -> committed (a single member at `advance_append`; with
+//! peers once a quorum has it durable) -> `StateMachine::apply` on the batch of committed entries
+//! -> on the member whose id the entry carries, the reply goes to the waiter with that sequence.
+//! The log index cannot identify a proposal: a follower forwarding one never learns it. See
+//! `node.rs` for the exact `Ready` handling order.
+//!
+//! # Peers
+//!
+//! The engine knows peers only as raft ids and a [`Transport`]: `Ready` messages are handed to
+//! `Transport::send`, which must not block (it queues, or drops and says so; the loop then
+//! calls `report_unreachable`). Messages from peers come in through [`RaftHandle::step`] on the
+//! bounded request queue, and dropped ones are retransmitted by raft. Messages of a `Ready` that
+//! promise durable state (votes, append responses: `persisted_messages`) are sent only after
+//! that state is durable; a leader's appends go out before its own fdatasync. Membership is the
+//! fixed `RaftConfig::voters` (every member starts with the same `ConfState` and an empty log).
+//! Linearizable reads use ReadIndex on any member (a follower's request is forwarded to the
+//! leader). With one voter there is no transport and no network on the write path.
 //!
 //! # Restart
 //!
@@ -41,12 +56,13 @@
 //! the WAL segments below it. The state machine is its own snapshot: it must never restart
 //! with an applied index below the marker (`RaftError::StateMachineBehindLog`).
 //!
-//! # Limitations (single member; issue 5 adds peers)
+//! # Limitations (issue 5 phase 1)
 //!
-//! - No transport: `Ready` messages go to `node::send_messages`, which asserts there are none.
-//! - Membership is fixed to this member; conf-change entries are never proposed.
-//! - Followers would refuse proposals with `NotLeader` (no forwarding), and there are no
-//!   state-machine snapshots to send to lagging followers (`Storage::snapshot` says "later").
+//! - Membership is fixed at bootstrap; conf-change entries are never proposed.
+//! - There are no state-machine snapshots to send to lagging followers (`Storage::snapshot`
+//!   says "later"): a follower that needs an entry the leader has compacted does not catch up,
+//!   and the leader logs it.
+//! - A forwarded proposal lost on the way (leader change) is answered only by `Timeout`.
 
 mod config;
 mod error;
@@ -59,8 +75,9 @@ use std::future::Future;
 use std::sync::Arc;
 
 use parking_lot::{Condvar, Mutex};
+use raft::eraftpb::Message;
 
-pub use config::RaftConfig;
+pub use config::{RaftConfig, VOTERS_MAX};
 pub use error::RaftError;
 pub use storage::LogStore;
 
@@ -85,6 +102,13 @@ pub trait StateMachine: Send + 'static {
     fn durable_index(&self) -> u64 {
         self.applied_index()
     }
+}
+
+/// Where the loop sends raft messages to peers. Implementations must not block: queue the
+/// message, or drop it and return `false` (the peer's queue is full or it is unknown), after
+/// which the loop reports the peer unreachable to raft.
+pub trait Transport: Send + 'static {
+    fn send(&mut self, msg: Message) -> bool;
 }
 
 /// A committed log entry with data, as handed to [`StateMachine::apply`].
@@ -190,8 +214,11 @@ impl RaftHandle {
     /// Back-pressure: while the request queue is full (`proposal_queue_depth`) the future waits
     /// for room rather than failing, which is kinder to clients than an error they must retry;
     /// [`RaftHandle::try_propose`] fails with `Overloaded` instead. The request is queued when
-    /// the future is first polled. Errors: `EmptyProposal`, `TooLarge`, `NotLeader`, `Dropped`,
-    /// `Timeout` (may still apply), `Stopped`/`Halted` (may have applied if it was in the log).
+    /// the future is first polled. On a follower the proposal is forwarded to the leader and
+    /// answered here when its entry applies on this member. Errors: `EmptyProposal`,
+    /// `TooLarge`, `NotLeader` (no leader known, or one transferring leadership), `Dropped`,
+    /// `Timeout` (may still apply; also a forwarded proposal lost in a leader change),
+    /// `Stopped`/`Halted` (may have applied if it was in the log).
     pub fn propose(
         &self,
         data: Vec<u8>,
@@ -247,6 +274,22 @@ impl RaftHandle {
                 .await?;
             done.await.unwrap_or(Err(RaftError::Stopped))
         }
+    }
+
+    /// Hands a raft message from a peer to the loop. Never waits: a full queue drops the message
+    /// (`Overloaded`) and raft retransmits.
+    pub fn step(&self, msg: Message) -> Result<(), RaftError> {
+        self.inner
+            .shared
+            .queue
+            .try_push(Request::Step(Box::new(msg)))
+            .map_err(|(_, e)| e)
+    }
+
+    /// Tells raft that a message to `peer` was lost (a failed send), so it probes the peer
+    /// rather than pipelining to it. Never waits; dropped when the queue is full.
+    pub fn report_unreachable(&self, peer: u64) {
+        let _ = self.inner.shared.queue.try_push(Request::Unreachable(peer));
     }
 
     pub fn status(&self) -> RaftStatus {
@@ -318,10 +361,20 @@ impl HandleInner {
 }
 
 /// Opens the member's WAL in `cfg.wal_dir`, rebuilds the raft log from it, and starts the raft
-/// loop on its own executor thread; returns once recovery is done (or failed). The member then
-/// elects itself (single member) and re-applies committed entries above `sm.applied_index()`.
+/// loop on its own executor thread; returns once recovery is done (or failed). A single member
+/// then elects itself and re-applies committed entries above `sm.applied_index()` before this
+/// returns; a member with peers returns at once and waits for an election.
 pub fn start(cfg: RaftConfig, sm: Box<dyn StateMachine>) -> Result<RaftHandle, RaftError> {
     start_with_disk(GlommioDisk, cfg, sm)
+}
+
+/// [`start`] for a member with peers: `transport` carries its messages (see [`Transport`]).
+pub fn start_with_transport(
+    cfg: RaftConfig,
+    sm: Box<dyn StateMachine>,
+    transport: Box<dyn Transport>,
+) -> Result<RaftHandle, RaftError> {
+    start_with(GlommioDisk, cfg, sm, Some(transport))
 }
 
 /// [`start`] on any disk: tests pass a `wal::sim::SimDisk`, which loses and tears unsynced
@@ -331,7 +384,22 @@ pub fn start_with_disk<D: Disk + Send>(
     cfg: RaftConfig,
     sm: Box<dyn StateMachine>,
 ) -> Result<RaftHandle, RaftError> {
+    start_with(disk, cfg, sm, None)
+}
+
+/// [`start`] on any disk, with a transport when the member has peers.
+pub fn start_with<D: Disk + Send>(
+    disk: D,
+    cfg: RaftConfig,
+    sm: Box<dyn StateMachine>,
+    transport: Option<Box<dyn Transport>>,
+) -> Result<RaftHandle, RaftError> {
     cfg.validate()?;
+    if cfg.voters.len() > 1 && transport.is_none() {
+        return Err(RaftError::InvalidConfig(
+            "a member with peers needs a transport".into(),
+        ));
+    }
     let shared = Arc::new(Shared {
         queue: RequestQueue::new(cfg.proposal_queue_depth),
         status: Mutex::new(RaftStatus {
@@ -354,7 +422,7 @@ pub fn start_with_disk<D: Disk + Send>(
         .io_memory(cfg.wal.writer_io_memory_bytes)
         .spawn(move || async move {
             let _finish = FinishGuard(thread_shared.clone());
-            node::run(disk, cfg, sm, thread_shared, opened_tx).await;
+            node::run(disk, cfg, sm, transport, thread_shared, opened_tx).await;
         })
         .map_err(|e| RaftError::Io(e.into()))?;
     match opened_rx.recv() {

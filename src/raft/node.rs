@@ -3,9 +3,12 @@
 //!
 //! # One iteration
 //!
-//! 1. Tick raft if a heartbeat interval has passed; time out old requests.
+//! 1. Tick raft if a heartbeat interval has passed; time out old requests; re-issue read
+//!    barriers unanswered for half an election timeout.
 //! 2. Take every queued request (up to `max_batch_entries` / `max_batch_bytes`): proposals go to
-//!    `RawNode::propose`, read barriers are batched into one `RawNode::read_index`.
+//!    `RawNode::propose` under a request id (a follower's are forwarded by raft-rs), read
+//!    barriers are batched into one `RawNode::read_index`, peers' messages to `RawNode::step`,
+//!    failed sends to `report_unreachable`.
 //! 3. If raft has a `Ready`, handle it (below) and loop; otherwise sleep until a request arrives
 //!    or the next tick is due.
 //!
@@ -15,7 +18,9 @@
 //!
 //! # Handling a `Ready` (the order is the point)
 //!
-//! 1. Send `messages` (a leader may send appends before persisting; raft thesis 10.2.1).
+//! 1. Send `messages` (a leader may send appends before persisting; raft thesis 10.2.1): each
+//!    goes to the transport's queue for its peer, never blocking; one the transport drops is
+//!    reported with `report_unreachable`.
 //! 2. Persist: hard state, then the new entries, in one WAL submission (several if larger than a
 //!    segment allows), and await durability. The entries are appended to the in-memory
 //!    `LogStore` first, so raft-rs can read them once told they are persisted.
@@ -36,35 +41,53 @@ use std::collections::{BTreeMap, HashMap};
 use std::pin::pin;
 use std::sync::Arc;
 use std::time::Instant;
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use raft::eraftpb::{ConfState, Entry, EntryType, Message};
-use raft::{RawNode, Ready, StateRole};
+use raft::eraftpb::{ConfState, Entry, EntryType, Message, MessageType};
+use raft::{RawNode, Ready, SnapshotStatus, StateRole};
 
 use super::queue::{ProposeReply, ReadReply, Request};
-use super::storage::{encode_entry, LogStore};
-use super::{Committed, RaftConfig, RaftError, RaftStatus, Shared, StateMachine};
+use super::storage::{encode_entry, LogStore, REQUEST_ID_BYTES};
+use super::{Committed, RaftConfig, RaftError, RaftStatus, Shared, StateMachine, Transport};
 use crate::wal::disk::Disk;
 use crate::wal::{self, Record, Wal};
 
 /// Bytes of a hard-state frame in a WAL submission.
 const HARD_STATE_FRAME_BYTES: usize = 40;
 
-/// Where `Ready` messages go. A single member has no peers, so raft never addresses anyone;
-/// issue 5 replaces this with the network transport.
-fn send_messages(msgs: Vec<Message>) {
-    if let Some(m) = msgs.into_iter().next() {
-        panic!(
-            "a single-member cluster has no peers, yet raft sent {:?} to {}",
-            m.get_msg_type(),
-            m.to
-        );
-    }
-}
-
 struct Proposal {
-    term: u64,
     deadline: Instant,
     reply: ProposeReply,
+}
+
+/// A request id: the proposing member and its sequence number (`Entry::context`).
+fn request_id(member_id: u64, seq: u64) -> Vec<u8> {
+    let mut id = Vec::with_capacity(REQUEST_ID_BYTES);
+    id.extend_from_slice(&member_id.to_be_bytes());
+    id.extend_from_slice(&seq.to_be_bytes());
+    id
+}
+
+/// The (member, sequence) of an entry's request id; `None` for raft's own entries and for logs
+/// written before request ids.
+fn parse_request_id(context: &[u8]) -> Option<(u64, u64)> {
+    if context.len() != REQUEST_ID_BYTES {
+        return None;
+    }
+    let (member, seq) = context.split_at(8);
+    Some((
+        u64::from_be_bytes(member.try_into().ok()?),
+        u64::from_be_bytes(seq.try_into().ok()?),
+    ))
+}
+
+/// The first sequence number of this process: the wall clock in nanoseconds, so that a restarted
+/// member never reuses a sequence that an entry still in its log carries (it proposes fewer than
+/// one request per nanosecond). Replayed entries then match no live waiter.
+fn first_sequence() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64)
 }
 
 struct ReadWaiter {
@@ -73,13 +96,18 @@ struct ReadWaiter {
 }
 
 /// Read barriers, batched: all waiters queued between two `read_index` calls share one context.
+/// A context is a request id (`member id ‖ sequence`): the leader keys pending reads by context
+/// across all members, so contexts must be unique cluster-wide.
 #[derive(Default)]
 struct Reads {
     next_ctx: u64,
     /// Waiting for raft to be able to serve a read index (a leader that has committed in its term).
     unsent: Vec<ReadWaiter>,
-    /// Sent to raft under a context, waiting for its read state.
+    /// Sent to raft under a context, waiting for its read state. A follower's request or the
+    /// leader's answer may be lost on the way: a context unanswered after `read_retry` is sent
+    /// again under a new one (etcd retries after 500 ms too).
     in_flight: HashMap<u64, Vec<ReadWaiter>>,
+    sent_at: HashMap<u64, Instant>,
     /// Read index known, waiting for the applied index to reach it.
     confirmed: Vec<(u64, Vec<ReadWaiter>)>,
 }
@@ -90,8 +118,14 @@ pub struct Node {
     wal: Wal,
     shared: Arc<Shared>,
     cfg: RaftConfig,
-    /// Proposals in the log, by index, waiting for their entry to be applied.
-    proposals: BTreeMap<u64, Proposal>,
+    /// Peers' messages go here; `None` for a single member (raft addresses no one).
+    transport: Option<Box<dyn Transport>>,
+    /// Proposals made on this member, by sequence number, waiting for their entry to apply.
+    proposals: HashMap<u64, Proposal>,
+    /// Proposals this member appended as leader: index -> sequence. An entry of another request
+    /// applied at that index means the proposal's entry was replaced: it is answered `Dropped`.
+    leader_indexes: BTreeMap<u64, u64>,
+    next_seq: u64,
     reads: Reads,
     /// The last index handed to the state machine or passed over (no-ops, replayed entries).
     applied: u64,
@@ -111,6 +145,7 @@ pub async fn run<D: Disk>(
     disk: D,
     cfg: RaftConfig,
     sm: Box<dyn StateMachine>,
+    transport: Option<Box<dyn Transport>>,
     shared: Arc<Shared>,
     opened: std::sync::mpsc::Sender<Result<Wal, RaftError>>,
 ) {
@@ -122,7 +157,7 @@ pub async fn run<D: Disk>(
         }
     };
     glommio::spawn_local(writer.run()).detach();
-    let mut node = match Node::new(cfg, sm, shared, wal.clone(), &recovered).await {
+    let mut node = match Node::new(cfg, sm, transport, shared, wal.clone(), &recovered).await {
         Ok(node) => node,
         Err(e) => {
             let _ = wal.shutdown().await;
@@ -145,6 +180,7 @@ impl Node {
     async fn new(
         cfg: RaftConfig,
         sm: Box<dyn StateMachine>,
+        transport: Option<Box<dyn Transport>>,
         shared: Arc<Shared>,
         wal: Wal,
         recovered: &wal::Recovered,
@@ -167,8 +203,8 @@ impl Node {
                 .await?;
             }
         }
-        // Membership is this member alone until issue 5 stores conf changes.
-        let conf_state = ConfState::from((vec![cfg.member_id], Vec::<u64>::new()));
+        // Fixed membership (phase 1): every member starts from the same voters and an empty log.
+        let conf_state = ConfState::from((cfg.voters.clone(), Vec::<u64>::new()));
         let store = LogStore::from_recovered(recovered, conf_state)?;
         let sm_applied = sm.applied_index();
         let snapshot_index = store.snapshot_index();
@@ -207,8 +243,14 @@ impl Node {
             sm,
             wal,
             shared,
-            proposals: BTreeMap::new(),
-            reads: Reads::default(),
+            transport,
+            proposals: HashMap::new(),
+            leader_indexes: BTreeMap::new(),
+            next_seq: first_sequence(),
+            reads: Reads {
+                next_ctx: first_sequence(),
+                ..Reads::default()
+            },
             applied,
             skip_through: sm_applied,
             commit_unpersisted: false,
@@ -221,7 +263,7 @@ impl Node {
     }
 
     /// As etcd does for a single member: elect ourselves at once rather than after an election
-    /// timeout (with peers, issue 5, this stays with the election timer), and persist and apply
+    /// timeout (with peers this stays with the election timer), and persist and apply
     /// what that yields, so `start` returns with a leader and the log replayed.
     async fn begin(&mut self) -> Result<(), RaftError> {
         if self.raw.raft.prs().conf().voters().ids().len() == 1 {
@@ -268,6 +310,7 @@ impl Node {
         self.raw.tick();
         self.next_tick = now + self.cfg.heartbeat;
         self.expire_requests(now);
+        self.retry_reads(now);
     }
 
     async fn wait(&self) {
@@ -283,38 +326,80 @@ impl Node {
     fn handle_request(&mut self, request: Request) {
         let deadline = Instant::now() + self.cfg.request_timeout;
         match request {
-            Request::Propose { data, reply } => {
-                let raft = &self.raw.raft;
-                if raft.state != StateRole::Leader {
-                    // Followers would forward to the leader, but could not learn the entry's
-                    // index to answer the proposer; issue 5 decides (etcd forwards requests).
-                    let _ = reply.send(Err(RaftError::NotLeader {
-                        leader_id: raft.leader_id,
-                    }));
-                    return;
-                }
-                let term = raft.term;
-                if let Err(e) = self.raw.propose(Vec::new(), data) {
-                    let _ = reply.send(Err(e.into()));
-                    return;
-                }
-                // A leader appends a proposal to its own log at once: this is its index.
-                let index = self.raw.raft.raft_log.last_index();
-                assert_eq!(self.raw.raft.raft_log.term(index).ok(), Some(term));
-                if let Some(old) = self.proposals.insert(
-                    index,
-                    Proposal {
-                        term,
-                        deadline,
-                        reply,
-                    },
-                ) {
-                    assert!(old.term < term, "one proposal per index and term");
-                    let _ = old.reply.send(Err(RaftError::Dropped { index }));
-                }
-            }
+            Request::Propose { data, reply } => self.propose(data, reply, deadline),
             Request::ReadIndex { reply } => {
                 self.reads.unsent.push(ReadWaiter { deadline, reply });
+            }
+            Request::Step(msg) => {
+                // Messages from unknown peers or stale terms are raft's to judge; an error here
+                // (a message for a removed peer) is not the loop's failure.
+                if let Err(e) = self.raw.step(*msg) {
+                    if !matches!(e, raft::Error::StepPeerNotFound) {
+                        eprintln!("raft[{:x}]: step: {e}", self.cfg.member_id);
+                    }
+                }
+            }
+            Request::Unreachable(peer) => self.raw.report_unreachable(peer),
+        }
+    }
+
+    /// Proposes `data` under a new request id; on a follower raft-rs forwards it to the leader.
+    fn propose(&mut self, data: Vec<u8>, reply: ProposeReply, deadline: Instant) {
+        let raft = &self.raw.raft;
+        if raft.leader_id == raft::INVALID_ID {
+            let _ = reply.send(Err(RaftError::NotLeader { leader_id: 0 }));
+            return;
+        }
+        let leader_id = raft.leader_id;
+        let leading = raft.state == StateRole::Leader;
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        if let Err(e) = self.raw.propose(request_id(self.cfg.member_id, seq), data) {
+            let error = match e {
+                // A leader transferring leadership, or a follower that lost its leader.
+                raft::Error::ProposalDropped => RaftError::NotLeader { leader_id },
+                e => e.into(),
+            };
+            let _ = reply.send(Err(error));
+            return;
+        }
+        if leading {
+            // A leader appends a proposal to its own log at once: this is its index.
+            let index = self.raw.raft.raft_log.last_index();
+            // An older proposal at this index was replaced in a past term and not yet noticed.
+            if let Some(old) = self.leader_indexes.insert(index, seq) {
+                if let Some(p) = self.proposals.remove(&old) {
+                    let _ = p.reply.send(Err(RaftError::Dropped { index }));
+                }
+            }
+        }
+        self.proposals.insert(seq, Proposal { deadline, reply });
+    }
+
+    /// Hands `msgs` to the transport; one it cannot queue is reported unreachable.
+    fn send_messages(&mut self, msgs: Vec<Message>) {
+        if msgs.is_empty() {
+            return;
+        }
+        let Some(transport) = self.transport.as_mut() else {
+            let m = &msgs[0];
+            panic!(
+                "a member without peers has no transport, yet raft sent {:?} to {}",
+                m.get_msg_type(),
+                m.to
+            );
+        };
+        let mut unreachable = Vec::new();
+        for m in msgs {
+            let (to, snapshot) = (m.to, m.get_msg_type() == MessageType::MsgSnapshot);
+            if !transport.send(m) {
+                unreachable.push((to, snapshot));
+            }
+        }
+        for (to, snapshot) in unreachable {
+            self.raw.report_unreachable(to);
+            if snapshot {
+                self.raw.report_snapshot(to, SnapshotStatus::Failure);
             }
         }
     }
@@ -338,37 +423,39 @@ impl Node {
         self.reads.next_ctx += 1;
         let waiters = std::mem::take(&mut self.reads.unsent);
         self.reads.in_flight.insert(ctx, waiters);
-        self.raw.read_index(ctx.to_le_bytes().to_vec());
+        self.reads.sent_at.insert(ctx, Instant::now());
+        self.raw.read_index(request_id(self.cfg.member_id, ctx));
     }
 
     async fn handle_ready(&mut self) -> Result<(), RaftError> {
         let mut rd = self.raw.ready();
-        send_messages(rd.take_messages());
+        self.send_messages(rd.take_messages());
         assert!(
             rd.snapshot().is_empty(),
-            "raft snapshots are never sent to a single member"
+            "raft snapshots are never sent (phase 1: Storage::snapshot is unavailable)"
         );
         self.persist(&mut rd).await?;
         for rs in rd.take_read_states() {
-            let ctx = u64::from_le_bytes(
-                rs.request_ctx
-                    .as_slice()
-                    .try_into()
-                    .expect("read contexts are 8 bytes"),
-            );
+            let Some((member, ctx)) = parse_request_id(&rs.request_ctx) else {
+                panic!("read contexts are request ids: {:?}", rs.request_ctx);
+            };
+            if member != self.cfg.member_id {
+                continue;
+            }
+            self.reads.sent_at.remove(&ctx);
             if let Some(waiters) = self.reads.in_flight.remove(&ctx) {
                 self.reads.confirmed.push((rs.index, waiters));
             }
         }
         self.apply(rd.take_committed_entries());
-        send_messages(rd.take_persisted_messages());
+        self.send_messages(rd.take_persisted_messages());
 
         let mut light = self.raw.advance_append(rd);
         if let Some(commit) = light.commit_index() {
             self.raw.mut_store().set_commit(commit);
             self.commit_unpersisted = true;
         }
-        send_messages(light.take_messages());
+        self.send_messages(light.take_messages());
         self.apply(light.take_committed_entries());
         self.raw.advance_apply();
 
@@ -445,17 +532,19 @@ impl Node {
             assert_eq!(
                 e.get_entry_type(),
                 EntryType::EntryNormal,
-                "conf changes are never proposed to a single member"
+                "conf changes are never proposed (membership is fixed in phase 1)"
             );
-            let waiter = self.proposals.remove(&e.index);
+            let own_seq = parse_request_id(&e.context)
+                .filter(|&(member, _)| member == self.cfg.member_id)
+                .map(|(_, seq)| seq);
+            self.drop_replaced(e.index, own_seq);
+            let waiter = own_seq.and_then(|seq| self.proposals.remove(&seq));
             let pass_over = e.index <= self.skip_through || e.data.is_empty();
             match waiter {
-                Some(w) if w.term == e.term && !pass_over => replies.push(Some(w.reply)),
+                Some(w) if !pass_over => replies.push(Some(w.reply)),
                 Some(w) => {
+                    // Applied before this process started: not this waiter's entry.
                     let _ = w.reply.send(Err(RaftError::Dropped { index: e.index }));
-                    if !pass_over {
-                        replies.push(None);
-                    }
                 }
                 None if !pass_over => replies.push(None),
                 None => {}
@@ -468,7 +557,7 @@ impl Node {
                 });
             }
         }
-        if let Some((&first_waiting, _)) = self.proposals.first_key_value() {
+        if let Some((&first_waiting, _)) = self.leader_indexes.first_key_value() {
             assert!(
                 first_waiting > self.applied,
                 "a proposal below applied was never answered"
@@ -489,6 +578,42 @@ impl Node {
         for (reply, result) in replies.into_iter().zip(results) {
             if let Some(reply) = reply {
                 let _ = reply.send(Ok(result));
+            }
+        }
+    }
+
+    /// Answers `Dropped` to this member's leader proposals at or below `index` whose entry was
+    /// replaced (another leader's entry took the slot): that entry will never apply.
+    fn drop_replaced(&mut self, index: u64, own_seq: Option<u64>) {
+        while let Some(entry) = self.leader_indexes.first_entry() {
+            if *entry.key() > index {
+                break;
+            }
+            let (at, seq) = entry.remove_entry();
+            if at == index && Some(seq) == own_seq {
+                continue;
+            }
+            if let Some(p) = self.proposals.remove(&seq) {
+                let _ = p.reply.send(Err(RaftError::Dropped { index: at }));
+            }
+        }
+    }
+
+    /// Moves read barriers unanswered for `read_retry` back to `unsent`, to go out again under a
+    /// new context (the old one's answer, if it ever comes, finds no waiters).
+    fn retry_reads(&mut self, now: Instant) {
+        let retry = self.cfg.election_timeout / 2;
+        let stale: Vec<u64> = self
+            .reads
+            .sent_at
+            .iter()
+            .filter(|(_, &sent)| now.duration_since(sent) >= retry)
+            .map(|(&ctx, _)| ctx)
+            .collect();
+        for ctx in stale {
+            self.reads.sent_at.remove(&ctx);
+            if let Some(waiters) = self.reads.in_flight.remove(&ctx) {
+                self.reads.unsent.extend(waiters);
             }
         }
     }
@@ -547,12 +672,15 @@ impl Node {
             .proposals
             .iter()
             .filter(|(_, p)| p.deadline <= now)
-            .map(|(&index, _)| index)
+            .map(|(&seq, _)| seq)
             .collect();
-        for index in expired {
-            let p = self.proposals.remove(&index).expect("listed");
+        for seq in expired {
+            let p = self.proposals.remove(&seq).expect("listed");
             let _ = p.reply.send(Err(RaftError::Timeout));
         }
+        let proposals = &self.proposals;
+        self.leader_indexes
+            .retain(|_, seq| proposals.contains_key(seq));
         let expire = |waiters: &mut Vec<ReadWaiter>| {
             let mut kept = Vec::with_capacity(waiters.len());
             for w in waiters.drain(..) {
@@ -568,6 +696,10 @@ impl Node {
         self.reads.in_flight.values_mut().for_each(expire);
         self.reads.confirmed.iter_mut().for_each(|(_, w)| expire(w));
         self.reads.in_flight.retain(|_, w| !w.is_empty());
+        let in_flight = &self.reads.in_flight;
+        self.reads
+            .sent_at
+            .retain(|ctx, _| in_flight.contains_key(ctx));
         self.reads.confirmed.retain(|(_, w)| !w.is_empty());
     }
 

@@ -1,5 +1,5 @@
-//! `RequestQueue`: the bounded, thread-safe queue through which any thread hands proposals and
-//! read barriers to the raft loop, with async back-pressure when it is full.
+//! `RequestQueue`: the bounded, thread-safe queue through which any thread hands proposals, read
+//! barriers and messages from peers to the raft loop, with async back-pressure when it is full.
 //!
 //! Why not `futures::channel::mpsc`: its bounded channel grants every sender clone one extra
 //! slot, and every `propose` future owns a clone, so the bound would grow with the number of
@@ -12,6 +12,7 @@ use std::task::{Poll, Waker};
 use futures::channel::oneshot;
 use futures::task::AtomicWaker;
 use parking_lot::Mutex;
+use raft::eraftpb::Message;
 
 use super::RaftError;
 
@@ -20,8 +21,17 @@ pub type ReadReply = oneshot::Sender<Result<(), RaftError>>;
 
 /// One request for the raft loop.
 pub enum Request {
-    Propose { data: Vec<u8>, reply: ProposeReply },
-    ReadIndex { reply: ReadReply },
+    Propose {
+        data: Vec<u8>,
+        reply: ProposeReply,
+    },
+    ReadIndex {
+        reply: ReadReply,
+    },
+    /// A raft message from a peer (the transport's receiving side).
+    Step(Box<Message>),
+    /// The transport could not deliver to this peer.
+    Unreachable(u64),
 }
 
 impl Request {
@@ -34,6 +44,8 @@ impl Request {
             Request::ReadIndex { reply } => {
                 let _ = reply.send(Err(error()));
             }
+            // Raft retransmits what it does not hear back about.
+            Request::Step(_) | Request::Unreachable(_) => {}
         }
     }
 }
@@ -116,8 +128,10 @@ impl RequestQueue {
             let Some(request) = state.requests.pop_front() else {
                 break;
             };
-            if let Request::Propose { data, .. } = &request {
-                bytes += data.len();
+            match &request {
+                Request::Propose { data, .. } => bytes += data.len(),
+                Request::Step(m) => bytes += m.entries.iter().map(|e| e.data.len()).sum::<usize>(),
+                Request::ReadIndex { .. } | Request::Unreachable(_) => {}
             }
             out.push(request);
             freed += 1;

@@ -8,9 +8,14 @@
 //!
 //! # Entry encoding in the WAL
 //!
-//! A WAL entry record holds `index`, `term` and opaque data. Raft entries also carry a type, so
-//! the WAL data is `[entry_type: u8] ++ entry.data` (0 normal, 1 conf change, 2 conf change v2).
-//! `Entry::context` is not stored: the engine never sets it (asserted on persist).
+//! A WAL entry record holds `index`, `term` and opaque data. Raft entries also carry a type and
+//! the engine's request id (`Entry::context`, empty or [`REQUEST_ID_BYTES`] long), so the WAL
+//! data is
+//! ```text
+//! [tag: u8] ++ [request id: 16 bytes, iff tag & 0x80] ++ entry.data
+//! tag & 0x7f: 0 normal, 1 conf change, 2 conf change v2
+//! ```
+//! Logs written before request ids existed have no 0x80 bit and decode unchanged.
 
 use raft::eraftpb::{ConfState, Entry, EntryType, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState, Storage, StorageError};
@@ -31,7 +36,12 @@ pub struct LogStore {
     snapshot_index: u64,
     snapshot_term: u64,
     entries: Vec<Entry>,
+    /// When a follower's need for a snapshot was last logged (raft-rs asks on every probe).
+    snapshot_warned: parking_lot::Mutex<Option<std::time::Instant>>,
 }
+
+/// At most one "cannot send a snapshot" warning per this interval.
+const SNAPSHOT_WARNING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl LogStore {
     /// An empty log whose members are `conf_state`.
@@ -202,26 +212,52 @@ impl Storage for LogStore {
         Ok(self.last())
     }
 
-    /// The engine keeps no state-machine snapshots yet: a follower too far behind for the log
-    /// cannot be caught up, so raft-rs is told to retry later (never given an empty snapshot
-    /// that would skip state). Single-member clusters never ask.
-    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+    /// The engine keeps no state-machine snapshots yet (issue 5 phase 2): a follower that needs
+    /// an entry at or below the snapshot marker cannot be caught up, so raft-rs is told to retry
+    /// later (never given an empty snapshot that would skip state), and the leader says so in
+    /// its log every `SNAPSHOT_WARNING_INTERVAL`. Single-member clusters never ask.
+    fn snapshot(&self, _request_index: u64, to: u64) -> raft::Result<Snapshot> {
+        let mut warned = self.snapshot_warned.lock();
+        let now = std::time::Instant::now();
+        if warned.is_none_or(|at| now.duration_since(at) >= SNAPSHOT_WARNING_INTERVAL) {
+            *warned = Some(now);
+            eprintln!(
+                "ringkv: warning: member {to:016x} needs raft entries at or below index {}, which \
+                 this leader has compacted; sending snapshots is not supported yet, so it cannot \
+                 catch up",
+                self.snapshot_index
+            );
+        }
         Err(raft::Error::Store(
             StorageError::SnapshotTemporarilyUnavailable,
         ))
     }
 }
 
+/// Bytes of a request id in `Entry::context`: proposing member id and its sequence number,
+/// both big-endian.
+pub const REQUEST_ID_BYTES: usize = 16;
+
+/// Tag bit: a request id follows the tag byte.
+const TAG_REQUEST_ID: u8 = 0x80;
+
 /// The WAL record of a raft entry (see the module doc for the data layout).
 pub fn encode_entry(e: &Entry) -> Record {
-    assert!(e.context.is_empty(), "entry context is never set");
-    let tag = match e.get_entry_type() {
+    assert!(
+        e.context.is_empty() || e.context.len() == REQUEST_ID_BYTES,
+        "an entry context is a request id or nothing"
+    );
+    let mut tag = match e.get_entry_type() {
         EntryType::EntryNormal => 0u8,
         EntryType::EntryConfChange => 1,
         EntryType::EntryConfChangeV2 => 2,
     };
-    let mut data = Vec::with_capacity(1 + e.data.len());
+    if !e.context.is_empty() {
+        tag |= TAG_REQUEST_ID;
+    }
+    let mut data = Vec::with_capacity(1 + e.context.len() + e.data.len());
     data.push(tag);
+    data.extend_from_slice(&e.context);
     data.extend_from_slice(&e.data);
     Record::Entry {
         index: e.index,
@@ -232,13 +268,23 @@ pub fn encode_entry(e: &Entry) -> Record {
 
 /// The raft entry of a recovered WAL entry record.
 pub fn decode_entry(e: &wal::Entry) -> Result<Entry, RaftError> {
-    let Some((&tag, data)) = e.data.split_first() else {
+    let Some((&tag, mut data)) = e.data.split_first() else {
         return Err(RaftError::CorruptLog(format!(
             "entry {} has no entry-type byte",
             e.index
         )));
     };
-    let entry_type = match tag {
+    let mut context: &[u8] = &[];
+    if tag & TAG_REQUEST_ID != 0 {
+        if data.len() < REQUEST_ID_BYTES {
+            return Err(RaftError::CorruptLog(format!(
+                "entry {} is shorter than its request id",
+                e.index
+            )));
+        }
+        (context, data) = data.split_at(REQUEST_ID_BYTES);
+    }
+    let entry_type = match tag & !TAG_REQUEST_ID {
         0 => EntryType::EntryNormal,
         1 => EntryType::EntryConfChange,
         2 => EntryType::EntryConfChangeV2,
@@ -253,6 +299,7 @@ pub fn decode_entry(e: &wal::Entry) -> Result<Entry, RaftError> {
     out.set_entry_type(entry_type);
     out.index = e.index;
     out.term = e.term;
+    out.context = context.to_vec().into();
     out.data = data.to_vec().into();
     Ok(out)
 }

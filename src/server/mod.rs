@@ -6,10 +6,12 @@
 //! Data dir layout (etcd's `member/` directory):
 //! ```text
 //! <data-dir>/member/ids     member and cluster ids (`ids`)
+//! <data-dir>/member/members the membership recorded at bootstrap (`peer::members`)
 //! <data-dir>/member/wal/    the raft log
 //! <data-dir>/member/snap/   the page store (MVCC's key space)
 //! ```
 
+mod cluster;
 pub mod ids;
 pub mod raft_log;
 pub mod snapshot_cli;
@@ -43,8 +45,8 @@ use crate::watch::{Hub, WatchConfig};
 pub enum ServerError {
     #[error("client URL {0}: only http client URLs are supported so far")]
     UnsupportedScheme(String),
-    #[error("--initial-cluster lists {0} members; ringkv runs single-member clusters only so far")]
-    MultiMember(usize),
+    #[error("membership: {0}")]
+    Members(#[from] crate::peer::MembersError),
     #[error("cannot resolve client URL {url}: {source}")]
     Resolve { url: String, source: std::io::Error },
     #[error("cannot listen on {url}: {source}")]
@@ -77,11 +79,6 @@ pub fn run(config: &Config) -> Result<(), ServerError> {
             return Err(ServerError::UnsupportedScheme(url.to_string()));
         }
     }
-    // The raft engine has no transport yet: a member of a larger cluster would elect itself.
-    let members = config.initial_cluster.members.len();
-    if members > 1 {
-        return Err(ServerError::MultiMember(members));
-    }
     // Absolute, so log lines and errors name the real place of a relative data dir
     // (the default, `default.etcd`, is relative).
     let data_dir =
@@ -107,6 +104,11 @@ pub fn run(config: &Config) -> Result<(), ServerError> {
         path: member_dir.clone(),
         source,
     })?;
+
+    let members = Arc::new(cluster::members(config, ids, &member_dir)?);
+    let peer_config = crate::peer::PeerConfig::new(
+        usize::try_from(config.max_request_bytes).unwrap_or(usize::MAX),
+    );
 
     let store = PageStore::open(&snap_dir, page_store_config(config))?;
     let mvcc = Mvcc::open(store)?;
@@ -139,11 +141,24 @@ pub fn run(config: &Config) -> Result<(), ServerError> {
         .with_auth(auth.clone())
         .with_commit_hook(Box::new(move |rev| hook_hub.committed(rev)));
     applier.set_quota_backend_bytes(config.quota_backend_bytes);
-    // Returns once the WAL is replayed into MVCC and this member leads.
-    let handle = raft::start(
-        raft_config(config, &wal_dir, ids),
-        Box::new(raft_log::ApplierSm(applier)),
-    )?;
+    let mut raft_cfg = raft_config(config, &wal_dir, ids);
+    raft_cfg.voters = members.ids();
+    let peers: Vec<(u64, Vec<String>)> = members
+        .list()
+        .into_iter()
+        .filter(|m| m.id != ids.member_id)
+        .map(|m| (m.id, m.peer_urls))
+        .collect();
+    let sm = Box::new(raft_log::ApplierSm(applier));
+    // A single member returns once the WAL is replayed into MVCC and it leads; with peers the
+    // engine starts as a follower and the transport's tasks start with the runtime below.
+    let (handle, senders) = if peers.is_empty() {
+        (raft::start(raft_cfg, sm)?, None)
+    } else {
+        let (transport, senders) = crate::peer::transport(peers, peer_config.clone());
+        let handle = raft::start_with_transport(raft_cfg, sm, Box::new(transport))?;
+        (handle, Some(senders))
+    };
     let log = Arc::new(raft_log::RaftLog { handle });
     let ctx = Arc::new(Context {
         mvcc,
@@ -174,32 +189,30 @@ pub fn run(config: &Config) -> Result<(), ServerError> {
     let lease_config = LeaseConfig::for_raft(config.heartbeat_interval, config.election_timeout);
     // Dropped with the runtime; a revoke it has in flight then fails with "stopped".
     runtime.spawn(api::lease::run_expiry(ctx.clone(), lease_config.clone()));
-    let member = local_member(config, ids);
-    let served = runtime.block_on(serve(config, ctx, hub, ids, &lease_config, member));
+    let peer_ctx = Arc::new(crate::peer::PeerContext {
+        cluster_id: ids.cluster_id,
+        member_id: ids.member_id,
+        members: members.clone(),
+        raft: log.handle.clone(),
+    });
+    if let Some(senders) = senders {
+        senders.spawn(runtime.handle(), &peer_ctx);
+    }
+    let peering = (members.ids().len() > 1).then_some((peer_ctx, peer_config));
+    let served = runtime.block_on(serve(
+        config,
+        ctx,
+        hub,
+        ids,
+        &lease_config,
+        members,
+        peering,
+    ));
     // Everything acknowledged is already durable; this stops the loop and the WAL writer.
     log.handle.shutdown();
     served?;
     eprintln!("ringkv: info: stopped");
     Ok(())
-}
-
-/// This member as `member list` shows it: the peer URLs it was bootstrapped with.
-fn local_member(config: &Config, ids: ids::Ids) -> api::cluster::LocalMember {
-    let urls = |urls: &[Url]| urls.iter().map(ToString::to_string).collect();
-    let peer_urls = config
-        .initial_cluster
-        .members
-        .get(&config.name)
-        .map_or_else(
-            || urls(&config.initial_advertise_peer_urls),
-            |own| urls(own),
-        );
-    api::cluster::LocalMember {
-        id: ids.member_id,
-        name: config.name.clone(),
-        peer_urls,
-        client_urls: urls(&config.advertise_client_urls),
-    }
 }
 
 /// etcd's flags and the tuning profile in the raft engine's terms.
@@ -240,8 +253,14 @@ async fn serve(
     hub: Arc<Hub>,
     ids: ids::Ids,
     lease_config: &LeaseConfig,
-    member: api::cluster::LocalMember,
+    members: Arc<crate::peer::Members>,
+    peering: Option<(Arc<crate::peer::PeerContext>, crate::peer::PeerConfig)>,
 ) -> Result<(), ServerError> {
+    // Only a member with peers listens on its peer URLs: a lone member needs no port there.
+    let peer_listeners = match &peering {
+        Some(_) => cluster::bind_peer_listeners(config).await?,
+        None => Vec::new(),
+    };
     let mut listeners = Vec::new();
     for url in &config.listen_client_urls {
         for addr in resolve(url).await? {
@@ -284,7 +303,7 @@ async fn serve(
             .max_decoding_message_size(max_decoding);
         let cluster = ClusterServer::new(api::cluster::ClusterService::new(
             ctx.clone(),
-            member.clone(),
+            members.clone(),
         ))
         .max_decoding_message_size(max_decoding);
         let lock = LockServer::new(api::lock::LockService::new(ctx.clone(), hub.clone()))
@@ -319,6 +338,22 @@ async fn serve(
                 .await;
             (url, local, result)
         });
+    }
+    if let Some((peer_ctx, peer_config)) = &peering {
+        for (url, listener) in peer_listeners {
+            let (peer_ctx, peer_config, stop) =
+                (peer_ctx.clone(), peer_config.clone(), stop_rx.clone());
+            let local = listener.local_addr().ok();
+            servers.spawn(async move {
+                let result = cluster::serve_peer(listener, peer_ctx, &peer_config, stop).await;
+                (url, local, result)
+            });
+        }
+        eprintln!(
+            "ringkv: info: serving peer traffic on {} ({} members)",
+            crate::config::url::join(&config.listen_peer_urls),
+            members.ids().len()
+        );
     }
     eprintln!(
         "ringkv: info: ready to serve client requests (member {:016x}, cluster {:016x}, listening on {})",

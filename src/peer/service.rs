@@ -1,0 +1,76 @@
+//! The receiving side: the `RaftPeer` gRPC service on `--listen-peer-urls`. Batches from members
+//! of this cluster are decoded here, on the tokio thread, and handed to the raft loop one
+//! message at a time through its bounded request queue (dropped when full: raft retransmits).
+
+use std::sync::Arc;
+
+use protobuf::Message as _;
+use raft::eraftpb::Message;
+use ringkv_proto::ringkvpeerpb::raft_peer_server::RaftPeer;
+use ringkv_proto::ringkvpeerpb::{BatchAck, Hello, MessageBatch};
+use tonic::{Request, Response, Status};
+
+use super::{PeerContext, PeerError};
+
+pub struct RaftPeerService {
+    ctx: Arc<PeerContext>,
+}
+
+impl RaftPeerService {
+    pub fn new(ctx: Arc<PeerContext>) -> RaftPeerService {
+        RaftPeerService { ctx }
+    }
+
+    /// The caller must be another member of this cluster.
+    fn check_sender(&self, cluster_id: u64, from: u64) -> Result<(), PeerError> {
+        if cluster_id != self.ctx.cluster_id {
+            return Err(PeerError::ClusterIdMismatch);
+        }
+        if from == self.ctx.member_id || self.ctx.members.get(from).is_none() {
+            return Err(PeerError::UnknownMember(from));
+        }
+        Ok(())
+    }
+}
+
+#[tonic::async_trait]
+impl RaftPeer for RaftPeerService {
+    async fn send(&self, request: Request<MessageBatch>) -> Result<Response<BatchAck>, Status> {
+        let batch = request.into_inner();
+        self.check_sender(batch.cluster_id, batch.from)?;
+        for bytes in &batch.messages {
+            let msg = Message::parse_from_bytes(bytes).map_err(|_| PeerError::Undecodable)?;
+            if msg.from != batch.from || msg.to != self.ctx.member_id {
+                return Err(PeerError::Misaddressed {
+                    from: msg.from,
+                    to: msg.to,
+                }
+                .into());
+            }
+            match self.ctx.raft.step(msg) {
+                Ok(()) | Err(crate::raft::RaftError::Overloaded { .. }) => {}
+                Err(_) => return Err(PeerError::Stopped.into()),
+            }
+        }
+        Ok(Response::new(BatchAck {}))
+    }
+
+    async fn greet(&self, request: Request<Hello>) -> Result<Response<Hello>, Status> {
+        let hello = request.into_inner();
+        self.check_sender(hello.cluster_id, hello.member_id)?;
+        if let Err(e) = self
+            .ctx
+            .members
+            .learn(hello.member_id, &hello.name, &hello.client_urls)
+        {
+            eprintln!("ringkv: warning: peer {:016x}: {e}", hello.member_id);
+        }
+        let local = self.ctx.members.local();
+        Ok(Response::new(Hello {
+            cluster_id: self.ctx.cluster_id,
+            member_id: self.ctx.member_id,
+            name: local.name,
+            client_urls: local.client_urls,
+        }))
+    }
+}

@@ -1,0 +1,244 @@
+//! Shared by the `cluster_*` tests: several `ringkv` processes (or reference etcd, with
+//! `RINGKV_TEST_SERVER=/usr/bin/etcd`) forming one cluster on loopback ports, started, killed and
+//! restarted one member at a time, and polled (with deadlines) for a leader and for agreement.
+
+#![allow(dead_code)]
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::server_support::{free_port, json, server_binary};
+
+/// How long a member may take to report readiness on a loaded 2-core machine.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Short ticks so elections are quick, as the tests ask (three election timeouts).
+pub const HEARTBEAT_MS: &str = "50";
+pub const ELECTION_MS: &str = "500";
+
+pub struct Member {
+    pub name: String,
+    pub client_port: u16,
+    pub peer_port: u16,
+    pub data_dir: PathBuf,
+    child: Option<Child>,
+    log_path: PathBuf,
+    starts: u32,
+}
+
+impl Member {
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    pub fn peer_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.peer_port)
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    fn launch(&mut self, initial_cluster: &str, extra: &[&str]) {
+        assert!(self.child.is_none());
+        self.starts += 1;
+        let parent = self.data_dir.parent().unwrap();
+        self.log_path = parent.join(format!("{}-{}.log", self.name, self.starts));
+        let log = File::create(&self.log_path).unwrap();
+        let (client, peer) = (self.endpoint(), self.peer_url());
+        let child = Command::new(server_binary())
+            .args(["--name", &self.name])
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(["--listen-client-urls", &client])
+            .args(["--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer])
+            .args(["--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", initial_cluster])
+            .args(["--initial-cluster-state", "new"])
+            .args(["--heartbeat-interval", HEARTBEAT_MS])
+            .args(["--election-timeout", ELECTION_MS])
+            .args(extra)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn the server");
+        self.child = Some(child);
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            let log = self.log();
+            if log.contains("ready to serve client requests") {
+                return;
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!(
+                    "{} exited with {status} before it was ready:\n{log}",
+                    self.name
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} not ready after {READY_TIMEOUT:?}:\n{log}",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL, then reap.
+    pub fn kill(&mut self) {
+        let mut child = self.child.take().expect("member running");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+pub struct Cluster {
+    pub members: Vec<Member>,
+    pub initial_cluster: String,
+}
+
+impl Cluster {
+    /// Starts `n` members named `m1..mn` with data dirs under `dir`, all at once (a member of a
+    /// new cluster may wait for its peers before it reports ready), and waits for a leader.
+    pub fn start(dir: &Path, n: usize) -> Cluster {
+        let mut members: Vec<Member> = (1..=n)
+            .map(|i| Member {
+                name: format!("m{i}"),
+                client_port: free_port(),
+                peer_port: free_port(),
+                data_dir: dir.join(format!("m{i}.data")),
+                child: None,
+                log_path: PathBuf::new(),
+                starts: 0,
+            })
+            .collect();
+        let initial_cluster = members
+            .iter()
+            .map(|m| format!("{}={}", m.name, m.peer_url()))
+            .collect::<Vec<_>>()
+            .join(",");
+        for m in &mut members {
+            m.launch(&initial_cluster, &[]);
+        }
+        for m in &mut members {
+            m.wait_ready();
+        }
+        let cluster = Cluster {
+            members,
+            initial_cluster,
+        };
+        cluster.wait_leader(Duration::from_secs(30));
+        cluster
+    }
+
+    /// Restarts member `i` on its ports and data dir, with `extra` flags.
+    pub fn restart(&mut self, i: usize, extra: &[&str]) {
+        let initial_cluster = self.initial_cluster.clone();
+        self.members[i].launch(&initial_cluster, extra);
+        self.members[i].wait_ready();
+    }
+
+    pub fn running(&self) -> impl Iterator<Item = &Member> {
+        self.members.iter().filter(|m| m.is_running())
+    }
+
+    /// `endpoint status -w json` of one member: (member id, leader id, raft term).
+    pub fn status(member: &Member) -> Option<(u64, u64, u64)> {
+        let out = super::server_support::etcdctl(
+            &member.endpoint(),
+            &["endpoint", "status", "-w", "json"],
+            None,
+        );
+        if !out.status.success() {
+            return None;
+        }
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        let s = &v[0]["Status"];
+        Some((
+            s["header"]["member_id"].as_u64()?,
+            s["leader"].as_u64()?,
+            s["header"]["raft_term"].as_u64()?,
+        ))
+    }
+
+    /// Polls until every running member names the same live leader; returns its index.
+    pub fn wait_leader(&self, limit: Duration) -> usize {
+        let deadline = Instant::now() + limit;
+        loop {
+            let statuses: Vec<Option<(u64, u64, u64)>> = self.running().map(Self::status).collect();
+            let leaders: Vec<u64> = statuses.iter().flatten().map(|s| s.1).collect();
+            if leaders.len() == statuses.len() && leaders.iter().all(|&l| l != 0 && l == leaders[0])
+            {
+                let live = self.members.iter().position(|m| {
+                    m.is_running() && Self::status(m).map(|s| s.0) == Some(leaders[0])
+                });
+                if let Some(i) = live {
+                    return i;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no agreed leader after {limit:?}: {statuses:?}\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `endpoint hashkv` of every running member, polled until they agree.
+    pub fn wait_hashkv_equal(&self, limit: Duration) -> u64 {
+        let deadline = Instant::now() + limit;
+        loop {
+            let hashes: Vec<Option<(u64, u64)>> = self
+                .running()
+                .map(|m| {
+                    let v = json(&m.endpoint(), &["endpoint", "hashkv"]);
+                    let h = &v[0]["HashKV"];
+                    Some((h["hash"].as_u64()?, h["header"]["revision"].as_u64()?))
+                })
+                .collect();
+            if hashes.iter().all(|h| h.is_some() && *h == hashes[0]) {
+                return hashes[0].unwrap().0;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "hashkv differs after {limit:?}: {hashes:?}\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for m in &self.members {
+            out.push_str("--- ");
+            out.push_str(&m.name);
+            out.push_str(" ---\n");
+            out.push_str(&m.log());
+        }
+        out
+    }
+}
