@@ -273,8 +273,9 @@
 //! located by a key in its range (a leaf's first key, a branch's first separator) and its
 //! level, by searching from the current root; it is live if the search reaches exactly its id.
 //! An overflow extent is live if its owner key's leaf points at it. Then, holding the writer
-//! lock for that step only, it copies every live page out (making its path dirty) and commits:
-//! the pages move to the log tail, parents with them. Readers never wait for the cleaner.
+//! lock for one victim at a time, it copies that victim's live pages out (making their paths
+//! dirty) and publishes: the pages move to the log tail, parents with them; a checkpoint ends
+//! the step. Readers never wait for the cleaner.
 //! [`PageStore::spawn_cleaner`] runs these steps on a background thread at an interval.
 //! The background checkpointer (`spawn_checkpointer`) also runs one cleaner step after a
 //! checkpoint whenever dead bytes exceed `clean_garbage_percent` of the live bytes and four
@@ -520,8 +521,9 @@ impl PageStore {
     }
 
     /// One bounded step of space reclamation; never blocks readers or the writer for long.
-    /// Moves the live pages of at most `max_segments` mostly-dead segments to the log tail in
-    /// one commit, and deletes every segment no root or snapshot can reach any more.
+    /// Moves the live pages of at most `max_segments` mostly-dead segments to the log tail (one
+    /// publish per segment, then one checkpoint), and deletes every segment no root or snapshot
+    /// can reach any more.
     pub fn clean(&self, max_segments: usize) -> Result<CleanReport> {
         let report = self.inner.clean(max_segments)?;
         let r = &report;
