@@ -166,6 +166,7 @@ pub fn run(config: &Config) -> Result<(), ServerError> {
     let lease_config = LeaseConfig::for_raft(config.heartbeat_interval, config.election_timeout);
     // Dropped with the runtime; a revoke it has in flight then fails with "stopped".
     runtime.spawn(api::lease::run_expiry(ctx.clone(), lease_config.clone()));
+    runtime.spawn(crate::compactor::run(ctx.clone(), config.auto_compaction));
     let member = local_member(config, ids);
     let served = runtime.block_on(serve(config, ctx, hub, ids, &lease_config, member));
     // Everything acknowledged is already durable; this stops the loop and the WAL writer.
