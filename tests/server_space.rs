@@ -113,10 +113,10 @@ fn revision_auto_compaction_keeps_the_last_retention_revisions() {
 /// "NOSPACE alarm raised" hundreds of times. One proposal at a time now.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_refused_writes_raise_nospace_once() {
+    const WRITERS: usize = 32;
     if is_reference() {
         return;
     }
-    const WRITERS: usize = 32;
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(
         &dir.path().join("data"),
