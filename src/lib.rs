@@ -8,6 +8,7 @@
 pub mod api;
 pub mod apply;
 pub mod auth;
+pub mod compactor;
 pub mod config;
 pub mod lease;
 pub mod metrics;

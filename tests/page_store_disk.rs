@@ -163,12 +163,23 @@ fn commits_inside_a_segment_change_no_file_size() {
             .collect()
     };
     let store = PageStore::open(dir.path(), config).unwrap();
+    assert_eq!(
+        sizes()["superblock"],
+        8192,
+        "both slots exist from creation"
+    );
+    // Branch pages have a log tail (segment) of their own, created at the first branch: grow
+    // the tree past one leaf first.
+    let mut txn = store.begin_write();
+    for i in 1000..1200u32 {
+        txn.put(&key(i), &value(i)).unwrap();
+    }
+    txn.commit(1).unwrap();
     let before = sizes();
-    assert_eq!(before["superblock"], 8192, "both slots exist from creation");
     for i in 0..20u32 {
         let mut txn = store.begin_write();
         txn.put(&key(i), &value(i)).unwrap();
-        txn.commit(u64::from(i) + 1).unwrap();
+        txn.commit(u64::from(i) + 2).unwrap();
         assert_eq!(sizes(), before, "commit {i} changed a file's size");
     }
     assert_eq!(store.space().file_bytes, before.values().sum::<u64>());

@@ -2,6 +2,8 @@
 //! cost does not fit under `--quota-backend-bytes` is refused with `NoSpace` and raises the
 //! NOSPACE alarm for this member, as does a write the applier answered `NoSpace`.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use prost::Message;
 use ringkv_proto::etcdserverpb::alarm_request::AlarmAction;
 use ringkv_proto::etcdserverpb::{AlarmRequest, AlarmType};
@@ -29,9 +31,30 @@ pub fn alarms(ctx: &Context) -> AlarmSet {
     }
 }
 
-/// Proposes NOSPACE for this member unless it is raised already. Best effort, as in etcd: the
-/// write is refused whether or not the alarm gets through.
+/// Set while this process has a NOSPACE proposal in flight. Until that proposal applies, the
+/// stored alarm set does not show the alarm, so without this every write refused meanwhile
+/// proposed it again (hundreds of "NOSPACE alarm raised" lines under a 500-client load). One
+/// member per process, so one flag per process.
+static NOSPACE_PROPOSING: AtomicBool = AtomicBool::new(false);
+
+/// Clears `NOSPACE_PROPOSING` when the proposal ends, however it ends (even if the request
+/// future is dropped part-way).
+struct Proposing;
+
+impl Drop for Proposing {
+    fn drop(&mut self) {
+        NOSPACE_PROPOSING.store(false, Ordering::Release);
+    }
+}
+
+/// Proposes NOSPACE for this member unless it is raised already or being raised. Best effort,
+/// as in etcd: the write is refused whether or not the alarm gets through.
 pub async fn raise_nospace(ctx: &Context) {
+    if alarms(ctx).has(AlarmType::Nospace) || NOSPACE_PROPOSING.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let _proposing = Proposing;
+    // Another request's proposal may have applied between the check and the swap.
     if alarms(ctx).has(AlarmType::Nospace) {
         return;
     }

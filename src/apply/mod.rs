@@ -334,10 +334,16 @@ impl Compactor {
             .name("ringkv-compactor".into())
             .spawn(move || {
                 while woken.recv().is_ok() {
+                    let (rev, started) = (mvcc.compacted_revision(), std::time::Instant::now());
                     if let Err(error) = finish_compaction(&mvcc) {
                         eprintln!("ringkv: fatal: physical compaction failed: {error}");
                         std::process::abort();
                     }
+                    // etcd's line (mvcc package) when its scheduled compaction completes.
+                    eprintln!(
+                        "ringkv: info: mvcc: finished scheduled compaction at {rev} (took {:?})",
+                        started.elapsed()
+                    );
                 }
             })
             .expect("spawn compactor thread");

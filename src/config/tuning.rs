@@ -75,6 +75,21 @@ pub struct WalBatch {
 #[serde(deny_unknown_fields)]
 pub struct PageStoreTuning {
     pub cache_bytes: u64,
+    /// How often the background checkpointer makes published pages durable.
+    pub checkpoint_interval_ms: u64,
+    /// Bound on published-but-unwritten pages (at least two pages).
+    pub dirty_bytes_max: u64,
+    /// Most segments one background cleaner step moves.
+    pub background_clean_segments: u64,
+    /// The background cleaner works while dead bytes exceed this percentage of the live bytes.
+    pub clean_garbage_percent: u32,
+    /// The cleaner takes segments whose live share is below this percentage (at most 100).
+    pub clean_live_percent_max: u32,
+}
+
+impl PageStoreTuning {
+    /// The smallest `dirty_bytes_max` the page store accepts: two 4 KiB pages.
+    pub const DIRTY_BYTES_MIN: u64 = 8192;
 }
 
 /// Bounded channel depths; a full queue applies back-pressure to its producer.
@@ -126,6 +141,12 @@ pub enum TuningError {
         profile: String,
         field: &'static str,
     },
+    #[error("tuning profile {profile}: {field} must be {bound}")]
+    OutOfRange {
+        profile: String,
+        field: &'static str,
+        bound: &'static str,
+    },
     #[error("tuning profile {profile} pins {component} to core {core}, but this machine has {cores} cores")]
     NoSuchCore {
         profile: String,
@@ -173,6 +194,26 @@ impl TuningProfile {
             ("wal.batch_records_max", profile.wal.batch_records_max),
             ("page_store.cache_bytes", profile.page_store.cache_bytes),
             (
+                "page_store.checkpoint_interval_ms",
+                profile.page_store.checkpoint_interval_ms,
+            ),
+            (
+                "page_store.dirty_bytes_max",
+                profile.page_store.dirty_bytes_max,
+            ),
+            (
+                "page_store.background_clean_segments",
+                profile.page_store.background_clean_segments,
+            ),
+            (
+                "page_store.clean_garbage_percent",
+                u64::from(profile.page_store.clean_garbage_percent),
+            ),
+            (
+                "page_store.clean_live_percent_max",
+                u64::from(profile.page_store.clean_live_percent_max),
+            ),
+            (
                 "queues.proposal_queue_depth",
                 profile.queues.proposal_queue_depth as u64,
             ),
@@ -185,6 +226,21 @@ impl TuningProfile {
             return Err(TuningError::Zero {
                 profile: label.to_owned(),
                 field,
+            });
+        }
+        let page_store = &profile.page_store;
+        let out_of_range = if page_store.clean_live_percent_max > 100 {
+            Some(("page_store.clean_live_percent_max", "at most 100"))
+        } else if page_store.dirty_bytes_max < PageStoreTuning::DIRTY_BYTES_MIN {
+            Some(("page_store.dirty_bytes_max", "at least 8192 (two pages)"))
+        } else {
+            None
+        };
+        if let Some((field, bound)) = out_of_range {
+            return Err(TuningError::OutOfRange {
+                profile: label.to_owned(),
+                field,
+                bound,
             });
         }
         Ok(profile)
@@ -276,6 +332,32 @@ mod tests {
             TuningProfile::parse(&placement, "t"),
             Err(TuningError::Parse { .. })
         ));
+    }
+
+    #[test]
+    fn page_store_knobs_are_read_and_range_checked() {
+        let small = BUILT_IN[0].1;
+        let profile = TuningProfile::parse(small, "t").unwrap();
+        assert_eq!(profile.page_store.checkpoint_interval_ms, 100);
+        assert_eq!(profile.page_store.background_clean_segments, 8);
+        let over = small.replace(
+            "clean_live_percent_max = 75",
+            "clean_live_percent_max = 101",
+        );
+        assert_eq!(
+            TuningProfile::parse(&over, "t").unwrap_err().to_string(),
+            "tuning profile t: page_store.clean_live_percent_max must be at most 100"
+        );
+        let tiny = small.replace("dirty_bytes_max = 67108864", "dirty_bytes_max = 4096");
+        assert_eq!(
+            TuningProfile::parse(&tiny, "t").unwrap_err().to_string(),
+            "tuning profile t: page_store.dirty_bytes_max must be at least 8192 (two pages)"
+        );
+        let never = small.replace("checkpoint_interval_ms = 100", "checkpoint_interval_ms = 0");
+        assert_eq!(
+            TuningProfile::parse(&never, "t").unwrap_err().to_string(),
+            "tuning profile t: page_store.checkpoint_interval_ms must be greater than 0"
+        );
     }
 
     #[test]

@@ -245,8 +245,9 @@ impl Inner {
 }
 
 /// A thread that checkpoints every `checkpoint_interval`, or sooner when the unwritten pages
-/// reach half of `dirty_bytes_max`, and keeps a spare segment ready for the writer. It stops at the first error (the store is then poisoned,
-/// and the next publish fails), which `stop` returns.
+/// reach half of `dirty_bytes_max`, keeps a spare segment ready for the writer, and cleans in
+/// step with the writers (`PageStore::clean_to_keep_up`). It stops at the first error (the store
+/// is then poisoned, and the next publish fails), which `stop` returns.
 pub struct BackgroundCheckpointer {
     stop: Arc<Mutex<bool>>,
     store: PageStore,
@@ -254,17 +255,38 @@ pub struct BackgroundCheckpointer {
 }
 
 impl PageStore {
-    /// One bounded cleaner step (`background_clean_segments`) if dead bytes exceed both the
-    /// live bytes and four segments; otherwise nothing. Returns the bytes freed.
-    pub fn clean_if_mostly_garbage(&self) -> Result<u64> {
+    /// The background cleaning policy, run by the checkpointer after each checkpoint: once dead
+    /// bytes pass `clean_garbage_percent` of the live bytes (and four segments of slack), one
+    /// cleaner step of as many segments as the log gained since the previous step, plus one,
+    /// at most `background_clean_segments`. Cleaning so proportionally to the write rate keeps
+    /// the files near `(1 + clean_garbage_percent / 100) x live` however fast the writers go,
+    /// while each step stays bounded (the writer lock is held only to relocate one step's
+    /// pages). `segments_seen` is the caller's record of `segments_created` at its previous
+    /// step. Returns the bytes freed.
+    pub fn clean_to_keep_up(&self, segments_seen: &mut u64) -> Result<u64> {
+        let config = &self.inner.config;
+        let created = self.inner.segments_created.load(Ordering::Relaxed);
+        let grown = created.saturating_sub(*segments_seen);
+        if config.background_clean_segments == 0 || !self.over_garbage_target() {
+            *segments_seen = created;
+            return Ok(0);
+        }
+        *segments_seen = created;
+        let step = usize::try_from(grown)
+            .unwrap_or(usize::MAX)
+            .saturating_add(1)
+            .min(config.background_clean_segments);
+        Ok(self.clean(step)?.bytes_freed)
+    }
+
+    /// Whether dead bytes exceed `clean_garbage_percent` of the live bytes and four segments.
+    fn over_garbage_target(&self) -> bool {
         let config = &self.inner.config;
         let space = self.space();
         let dead = space.file_bytes.saturating_sub(space.live_bytes);
+        let allowed = space.live_bytes / 100 * u64::from(config.clean_garbage_percent);
         let slack = 4 * config.segment_bytes as u64;
-        if config.background_clean_segments == 0 || dead <= space.live_bytes.max(slack) {
-            return Ok(0);
-        }
-        Ok(self.clean(config.background_clean_segments)?.bytes_freed)
+        dead > allowed.max(slack)
     }
 
     /// Starts the checkpointer on its own thread. Without one, the store still checkpoints
@@ -278,6 +300,7 @@ impl PageStore {
                 .spawn(move || {
                     let inner = &*store.inner;
                     let interval: Duration = inner.config.checkpoint_interval;
+                    let mut segments_seen = inner.segments_created.load(Ordering::Relaxed);
                     loop {
                         {
                             let (due, cv) = &inner.checkpoint_due;
@@ -299,7 +322,7 @@ impl PageStore {
                         if let Err(e) = inner.prepare_spare_segment() {
                             eprintln!("ringkv: warning: preparing a spare segment failed: {e}");
                         }
-                        if let Err(e) = store.clean_if_mostly_garbage() {
+                        if let Err(e) = store.clean_to_keep_up(&mut segments_seen) {
                             eprintln!("ringkv: error: background cleaning failed: {e}");
                             return Err(e);
                         }

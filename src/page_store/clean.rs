@@ -30,16 +30,15 @@ impl Inner {
     pub fn clean(&self, max_segments: usize) -> Result<CleanReport> {
         let _cleaner = self.cleaner.lock();
         let victims = self.pick_victims(max_segments);
-        // Read the victims without the writer lock: they are sealed, so nothing changes them.
-        let mut found = Vec::new();
-        for (seg, file, pages) in &victims {
-            found.extend(self.scan_segment(*seg, &**file, *pages)?);
-        }
         let mut report = CleanReport {
             segments_cleaned: victims.len() as u64,
             ..CleanReport::default()
         };
-        if !victims.is_empty() {
+        // One victim per publish: the writer lock is held to relocate one segment's live pages
+        // (at most a segment's worth), not a whole step's, so writers wait less.
+        for (seg, file, pages) in &victims {
+            // Read without the writer lock: the victim is sealed, so nothing changes it.
+            let found = self.scan_segment(*seg, &**file, *pages)?;
             let mut ws = self.writer.lock();
             let (mut tree, consistent_index) = {
                 let c = self.committed.lock();
@@ -50,17 +49,15 @@ impl Inner {
             }
             report.bytes_freed += self.publish(&mut ws, tree, consistent_index)?;
             let segs = self.segments.read();
-            for (seg, ..) in &victims {
-                if let Some(s) = segs.get(seg).filter(|s| s.live_bytes != 0) {
-                    return Err(self.corruption(
-                        *seg,
-                        0,
-                        format!(
-                            "{} live bytes left after cleaning: a live page failed its checks",
-                            s.live_bytes
-                        ),
-                    ));
-                }
+            if let Some(s) = segs.get(seg).filter(|s| s.live_bytes != 0) {
+                return Err(self.corruption(
+                    *seg,
+                    0,
+                    format!(
+                        "{} live bytes left after cleaning: a live page failed its checks",
+                        s.live_bytes
+                    ),
+                ));
             }
         }
         // The victims are deleted once a durable root no longer reaches them: checkpoint now

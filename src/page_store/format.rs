@@ -15,7 +15,11 @@ pub const MAX_KEY_BYTES: usize = 3072;
 pub const MAX_VALUE_BYTES: usize = 16 << 20;
 /// A leaf entry (`LEAF_ENTRY_FIXED + key + value`) at most this long keeps its value inline;
 /// a longer one moves the value to an overflow extent and keeps an 8-byte pointer.
-pub const INLINE_ENTRY_MAX_BYTES: usize = 1024;
+/// Half a page: the largest size at which any two entries still share a leaf (what a split
+/// needs). An extent is whole pages, so a value just over the limit costs a 4 KiB page; at
+/// 1024 a 1.6 KB MVCC record (etcd's `check perf` put) took 4 KiB + a pointer entry, 2.5x the
+/// bytes etcd stores (perf-reports/2026-11-21-check-perf-l-space).
+pub const INLINE_ENTRY_MAX_BYTES: usize = PAYLOAD_BYTES / 2;
 /// klen u16, vkind u8, vlen u32.
 pub const LEAF_ENTRY_FIXED: usize = 7;
 /// seplen u16, child u64 (the first child of a branch costs only its u64).

@@ -61,7 +61,9 @@
 //!  | klen u16 | vkind u8 | vlen u32 | key (klen) | value (vlen) if vkind 0  |
 //!  |          |          |          |            | first page id u64 if 1   |
 //! ```
-//! A value stays inline when `7 + klen + vlen <= 1024` (`INLINE_ENTRY_MAX_BYTES`); otherwise
+//! A value stays inline when `7 + klen + vlen <= 2032` (`INLINE_ENTRY_MAX_BYTES`, half a page's
+//! payload; stores written with the earlier limit of 1024 read the same, since a reader follows
+//! `vkind`, not the limit); otherwise
 //! (vkind 1) it lives in an overflow extent and the leaf keeps the extent's first page id and
 //! the value length.
 //!
@@ -154,7 +156,8 @@
 //! `WriteTxn::publish` is the publish alone.
 //!
 //! Publish (under the writer lock; generation `g` = previous published + 1):
-//! - P1. Give every dirty node a page id at the log tail (rolling to new segments as they fill;
+//! - P1. Give every dirty node a page id at the log tail (branches at the branch tail, see Hot
+//!   and cold pages; rolling to new segments as they fill;
 //!   a new segment's header and zero fill are written and fdatasync'd, and the directory
 //!   synced, before anything can point into it) and encode it. Overflow extents are written to
 //!   their segment now, unsynced. Tree pages are not written: they join the *unwritten pages*
@@ -243,6 +246,18 @@
 //! pinned. Readers take no lock that
 //! the writer holds across work; they share the page cache (sharded, lock held per lookup).
 //!
+//! # Hot and cold pages
+//!
+//! The log has two tails: leaves and overflow extents go to the active segment, branch pages to
+//! a second open segment of their own (`WriterState::branch_tail`, opened at the first branch a
+//! publish writes, sealed when full, like the active one). Under random-key writes a branch is
+//! rewritten by nearly every checkpoint (hundreds of leaves below it), a leaf only when a write
+//! lands in it: mixed in one segment, the short-lived branches leave holes between long-lived
+//! leaves that only the cleaner can recover, by copying the leaves. Apart, a branch segment dies
+//! whole within a few checkpoints and is deleted without copying anything. Nothing else about
+//! the protocol changes: both tails are segments created and synced before anything points into
+//! them, a checkpoint fdatasyncs every segment its pages lie in, and recovery starts fresh tails.
+//!
 //! # Reclamation (the cleaner)
 //!
 //! Each segment has `live_bytes`: bytes of pages and extents the latest root reaches in it. A
@@ -258,14 +273,16 @@
 //! located by a key in its range (a leaf's first key, a branch's first separator) and its
 //! level, by searching from the current root; it is live if the search reaches exactly its id.
 //! An overflow extent is live if its owner key's leaf points at it. Then, holding the writer
-//! lock for that step only, it copies every live page out (making its path dirty) and commits:
-//! the pages move to the log tail, parents with them. Readers never wait for the cleaner.
+//! lock for one victim at a time, it copies that victim's live pages out (making their paths
+//! dirty) and publishes: the pages move to the log tail, parents with them; a checkpoint ends
+//! the step. Readers never wait for the cleaner.
 //! [`PageStore::spawn_cleaner`] runs these steps on a background thread at an interval.
-//! The background checkpointer (`spawn_checkpointer`) also runs one step of
-//! `background_clean_segments` after a checkpoint whenever dead bytes exceed both the live bytes
-//! and four segments (`PageStore::clean_if_mostly_garbage`): each checkpoint rewrites what it
-//! changed, so a store that is only ever written must be cleaned as it goes, not only when MVCC
-//! compaction or `defrag` asks.
+//! The background checkpointer (`spawn_checkpointer`) also runs one cleaner step after a
+//! checkpoint whenever dead bytes exceed `clean_garbage_percent` of the live bytes and four
+//! segments (`PageStore::clean_to_keep_up`), sized by how many segments the log gained since the
+//! previous step, plus one, at most `background_clean_segments`: each checkpoint rewrites what it
+//! changed, so a store that is only ever written must be cleaned as fast as it is written, not
+//! only when MVCC compaction or `defrag` asks.
 //!
 //! # Memory
 //!
@@ -349,11 +366,17 @@ pub struct PageStoreConfig {
     /// Bound on the memory of published pages not yet written: at half of it the background
     /// checkpointer is woken, at all of it a publish checkpoints before it returns.
     pub dirty_bytes_max: usize,
-    /// Segments the background checkpointer cleans after a checkpoint once the store is mostly
-    /// garbage (dead bytes above both the live bytes and four segments): every checkpoint
-    /// rewrites the pages it changed, so without this a write-heavy store grows until
-    /// compaction or `defrag` runs the cleaner. 0 leaves cleaning to them.
+    /// Most segments one background cleaner step moves (the checkpointer runs one step after
+    /// a checkpoint while the store is over `clean_garbage_percent`; the step is the log's
+    /// growth since the previous step plus one, up to this). Every checkpoint rewrites the
+    /// pages it changed, so without this a write-heavy store grows until compaction or
+    /// `defrag` runs the cleaner. Bigger steps keep up with faster writers; each holds the
+    /// writer lock longer while it relocates. 0 leaves cleaning to them.
     pub background_clean_segments: usize,
+    /// The background cleaner works while dead bytes exceed this percentage of the live bytes
+    /// (and four segments): the files settle near `(1 + this / 100) x live`. Lower keeps the
+    /// files (and the quota's `dbSize`) smaller and moves more live pages per byte freed.
+    pub clean_garbage_percent: u32,
 }
 
 impl Default for PageStoreConfig {
@@ -364,7 +387,8 @@ impl Default for PageStoreConfig {
             clean_live_percent_max: 50,
             checkpoint_interval: Duration::from_millis(100),
             dirty_bytes_max: 64 << 20,
-            background_clean_segments: 2,
+            background_clean_segments: 8,
+            clean_garbage_percent: 25,
         }
     }
 }
@@ -402,7 +426,9 @@ impl PageStoreConfig {
 /// Disk usage figures, for quota, `Status.dbSize`/`dbSizeInUse`, and the cleaner.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SpaceStats {
-    /// Bytes of all files the store holds on disk.
+    /// Bytes of all files the store holds on disk: the superblock, every segment at its full
+    /// preallocated size, and the spare segment. This is what `dbSize` and the quota report,
+    /// as etcd reports the size of its bbolt file.
     pub file_bytes: u64,
     /// Bytes of pages reachable from the latest root. Pages only pinned snapshots reach are
     /// not counted here (they are in `file_bytes` until the pin drops and the cleaner runs).
@@ -495,8 +521,9 @@ impl PageStore {
     }
 
     /// One bounded step of space reclamation; never blocks readers or the writer for long.
-    /// Moves the live pages of at most `max_segments` mostly-dead segments to the log tail in
-    /// one commit, and deletes every segment no root or snapshot can reach any more.
+    /// Moves the live pages of at most `max_segments` mostly-dead segments to the log tail (one
+    /// publish per segment, then one checkpoint), and deletes every segment no root or snapshot
+    /// can reach any more.
     pub fn clean(&self, max_segments: usize) -> Result<CleanReport> {
         let report = self.inner.clean(max_segments)?;
         let r = &report;
@@ -507,9 +534,15 @@ impl PageStore {
     }
 
     pub fn space(&self) -> SpaceStats {
+        let spare = self
+            .inner
+            .spare_bytes
+            .load(std::sync::atomic::Ordering::Relaxed);
         let segs = self.inner.segments.read();
         SpaceStats {
-            file_bytes: 2 * PAGE_BYTES as u64 + segs.values().map(|s| s.file_bytes).sum::<u64>(),
+            file_bytes: 2 * PAGE_BYTES as u64
+                + spare
+                + segs.values().map(|s| s.file_bytes).sum::<u64>(),
             live_bytes: segs.values().map(|s| s.live_bytes).sum(),
         }
     }

@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
@@ -40,6 +40,12 @@ pub(crate) struct Inner {
     /// Serialises checkpoints. Lock order: cleaner, checkpoint, writer, then the short ones.
     pub checkpoint: Mutex<CheckpointState>,
     pub checkpoint_due: CheckpointDue,
+    /// Segments created so far (the log's growth), which the background cleaner keeps pace
+    /// with. Only counts; never decreases.
+    pub segments_created: AtomicU64,
+    /// Bytes of the spare segment, if one is ready: on disk, so in `SpaceStats::file_bytes`,
+    /// though not yet in the segment table.
+    pub spare_bytes: AtomicU64,
     /// Set when a publish or a checkpoint failed part-way: what is durable is unknown until a
     /// reopen recovers, so nothing more is published or written.
     pub poisoned: AtomicBool,
@@ -81,8 +87,18 @@ pub(crate) struct WriterState {
     pub active: u32,
     pub active_file: Arc<dyn DiskFile>,
     pub active_pages: u32,
+    /// The open segment branch pages go to, apart from leaves and extents (see "Hot and cold
+    /// pages" in the module doc); created at the first branch a publish writes.
+    pub branch_tail: Option<BranchTail>,
     /// A segment created and synced ahead of need (`prepare_spare_segment`), not yet active.
     pub spare: Option<(u32, Arc<dyn DiskFile>)>,
+}
+
+/// The second log tail: the segment that takes branch pages.
+pub(crate) struct BranchTail {
+    pub id: u32,
+    /// Pages in use, header included.
+    pub pages: u32,
 }
 
 impl PageSource for Inner {
@@ -308,6 +324,7 @@ impl Inner {
                 active: 0,
                 active_file: superblock.clone(),
                 active_pages: 0,
+                branch_tail: None,
                 spare: None,
             }),
             cleaner: Mutex::new(()),
@@ -316,6 +333,8 @@ impl Inner {
                 newest_slot,
             }),
             checkpoint_due: (Mutex::new(false), parking_lot::Condvar::new()),
+            segments_created: AtomicU64::new(0),
+            spare_bytes: AtomicU64::new(0),
             poisoned: AtomicBool::new(false),
             disk,
         });
@@ -384,20 +403,32 @@ impl Inner {
     /// The spare segment the checkpointer prepared, if any, is taken instead: then a publish
     /// that fills a segment does no I/O for the next one.
     fn start_segment(&self, ws: &mut WriterState, generation: u64) -> Result<()> {
+        let (id, file) = self.open_segment(ws, generation)?;
+        ws.active = id;
+        ws.active_file = file;
+        ws.active_pages = 1;
+        Ok(())
+    }
+
+    /// A new segment for either log tail (the spare if one is ready), entered in the segment
+    /// table unsealed.
+    fn open_segment(
+        &self,
+        ws: &mut WriterState,
+        generation: u64,
+    ) -> Result<(u32, Arc<dyn DiskFile>)> {
         let (id, file) = if let Some(spare) = ws.spare.take() {
+            self.spare_bytes.store(0, Ordering::Relaxed);
             spare
         } else {
             let id = ws.next_segment;
             ws.next_segment += 1;
             (id, self.create_segment(id, generation)?)
         };
-        ws.active = id;
-        ws.active_file = file.clone();
-        ws.active_pages = 1;
         self.segments.write().insert(
             id,
             Segment {
-                file,
+                file: file.clone(),
                 pages: 1,
                 file_bytes: self.config.segment_bytes as u64,
                 live_bytes: 0,
@@ -405,11 +436,12 @@ impl Inner {
                 dead_since: None,
             },
         );
-        Ok(())
+        Ok((id, file))
     }
 
     /// Writes segment `id` whole (header, zeros) and makes it and its name durable.
     fn create_segment(&self, id: u32, generation: u64) -> Result<Arc<dyn DiskFile>> {
+        self.segments_created.fetch_add(1, Ordering::Relaxed);
         let file = self.disk.open(&segment_file_name(id))?;
         write_preallocated(
             &*file,
@@ -439,6 +471,8 @@ impl Inner {
         let mut ws = self.writer.lock();
         assert!(ws.spare.is_none(), "one thread prepares spares");
         ws.spare = Some((id, file));
+        self.spare_bytes
+            .store(self.config.segment_bytes as u64, Ordering::Relaxed);
         Ok(())
     }
 
@@ -709,8 +743,8 @@ struct SegWriter<'a> {
 }
 
 impl SegWriter<'_> {
-    /// Reserves `pages` contiguous pages in one segment. An extent longer than a segment gets
-    /// a segment of its own that is longer than `segment_bytes`.
+    /// Reserves `pages` contiguous pages in one segment of the leaf tail. An extent longer than
+    /// a segment gets a segment of its own that is longer than `segment_bytes`.
     fn alloc(&mut self, pages: u32) -> Result<u64> {
         let target = self.inner.config.segment_pages();
         if self.ws.active_pages > 1 && self.ws.active_pages + pages > target {
@@ -719,13 +753,43 @@ impl SegWriter<'_> {
         }
         let id = page_id(self.ws.active, self.ws.active_pages);
         self.ws.active_pages += pages;
-        match self.allocs.last_mut() {
-            Some((seg, start, n)) if *seg == self.ws.active && *start + *n == index_of(id) => {
-                *n += pages;
-            }
-            _ => self.allocs.push((self.ws.active, index_of(id), pages)),
-        }
+        self.record_alloc(id, pages);
         Ok(id)
+    }
+
+    /// Reserves one page of the branch tail, opening a new branch segment when it is full.
+    fn alloc_branch(&mut self) -> Result<u64> {
+        let target = self.inner.config.segment_pages();
+        if self
+            .ws
+            .branch_tail
+            .as_ref()
+            .is_none_or(|t| t.pages + 1 > target)
+        {
+            if let Some(full) = self.ws.branch_tail.take() {
+                self.sealed.push(full.id);
+            }
+            let (id, _) = self.inner.open_segment(self.ws, self.generation)?;
+            self.ws.branch_tail = Some(BranchTail { id, pages: 1 });
+        }
+        let tail = self.ws.branch_tail.as_mut().expect("opened above");
+        let id = page_id(tail.id, tail.pages);
+        tail.pages += 1;
+        self.record_alloc(id, 1);
+        Ok(id)
+    }
+
+    fn record_alloc(&mut self, id: u64, pages: u32) {
+        let seg = segment_of(id);
+        match self
+            .allocs
+            .iter_mut()
+            .rev()
+            .find(|(s, start, n)| *s == seg && *start + *n == index_of(id))
+        {
+            Some((_, _, n)) => *n += pages,
+            None => self.allocs.push((seg, index_of(id), pages)),
+        }
     }
 }
 
@@ -779,7 +843,7 @@ impl NodeWriter for SegWriter<'_> {
     }
 
     fn write_branch(&mut self, level: u8, seps: &[Vec<u8>], children: &[u64]) -> Result<u64> {
-        let id = self.alloc(1)?;
+        let id = self.alloc_branch()?;
         let page = encode_branch(level, seps, children, id, self.generation);
         self.new_pages.push((id, page));
         Ok(id)

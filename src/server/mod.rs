@@ -189,6 +189,7 @@ pub fn run(config: &Config) -> Result<(), ServerError> {
     let lease_config = LeaseConfig::for_raft(config.heartbeat_interval, config.election_timeout);
     // Dropped with the runtime; a revoke it has in flight then fails with "stopped".
     runtime.spawn(api::lease::run_expiry(ctx.clone(), lease_config.clone()));
+    runtime.spawn(crate::compactor::run(ctx.clone(), config.auto_compaction));
     let peer_ctx = Arc::new(crate::peer::PeerContext {
         cluster_id: ids.cluster_id,
         member_id: ids.member_id,
@@ -237,12 +238,16 @@ fn raft_config(config: &Config, wal_dir: &Path, ids: ids::Ids) -> RaftConfig {
 }
 
 /// The tuning profile's page-store settings over the store's defaults.
-// The placeholder page store has only `cache_bytes`; the real one adds fields that keep their
-// defaults here, so the struct update is needed there and redundant here.
-#[allow(clippy::needless_update)]
 fn page_store_config(config: &Config) -> PageStoreConfig {
+    let tuning = &config.tuning.page_store;
+    let size = |bytes: u64| usize::try_from(bytes).unwrap_or(usize::MAX);
     PageStoreConfig {
-        cache_bytes: usize::try_from(config.tuning.page_store.cache_bytes).unwrap_or(usize::MAX),
+        cache_bytes: size(tuning.cache_bytes),
+        checkpoint_interval: std::time::Duration::from_millis(tuning.checkpoint_interval_ms),
+        dirty_bytes_max: size(tuning.dirty_bytes_max),
+        background_clean_segments: size(tuning.background_clean_segments),
+        clean_garbage_percent: tuning.clean_garbage_percent,
+        clean_live_percent_max: tuning.clean_live_percent_max,
         ..PageStoreConfig::default()
     }
 }

@@ -38,6 +38,8 @@ pub struct Server {
     pub data_dir: PathBuf,
     log_path: PathBuf,
     extra: Vec<String>,
+    /// Environment variables besides PATH (test-only hooks of the binary).
+    env: Vec<(String, String)>,
     starts: u32,
 }
 
@@ -64,6 +66,27 @@ impl Server {
             data_dir: data_dir.to_owned(),
             log_path: PathBuf::new(),
             extra: extra.iter().map(|s| (*s).to_owned()).collect(),
+            env: Vec::new(),
+            starts: 0,
+        };
+        server.launch();
+        server
+    }
+
+    /// `start` with extra environment variables (the binary's test-only hooks).
+    pub fn start_with_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
+        let mut server = Server {
+            child: None,
+            binary: server_binary(),
+            client_port: free_port(),
+            peer_port: free_port(),
+            data_dir: data_dir.to_owned(),
+            log_path: PathBuf::new(),
+            extra: extra.iter().map(|s| (*s).to_owned()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
             starts: 0,
         };
         server.launch();
@@ -98,6 +121,7 @@ impl Server {
             .args(&self.extra)
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
