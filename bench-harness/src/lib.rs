@@ -10,10 +10,12 @@
 //! and `smoke` (every workload briefly, for CI). The binary (`main.rs`) only parses flags.
 
 pub mod chart;
+pub mod cluster;
 pub mod check;
 pub mod compare;
 pub mod defrag;
 pub mod disk;
+pub mod failover;
 pub mod load;
 pub mod progress;
 pub mod server;
