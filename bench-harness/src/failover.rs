@@ -113,7 +113,14 @@ pub async fn run(config: &FailoverConfig) -> Result<Vec<Trial>, BenchError> {
         "create {}",
         config.data_root.display()
     )))?;
-    let load_average = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load_average = std::fs::read_to_string("/proc/loadavg")
+        .map(|text| {
+            text.split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default();
     let mut trials = Vec::new();
     for trial in 1..=config.trials {
         for spec in &config.servers {
