@@ -161,6 +161,11 @@ impl Cluster {
     /// Polls every running member's Status until all name the same leader, one of them; returns
     /// its index in `members`.
     pub async fn wait_leader(&self, limit: Duration) -> Result<usize, BenchError> {
+        Ok(self.leader(limit).await?.0)
+    }
+
+    /// As `wait_leader`, with the leader's member id.
+    pub async fn leader(&self, limit: Duration) -> Result<(usize, u64), BenchError> {
         let deadline = Instant::now() + limit;
         loop {
             let mut ids = Vec::new();
@@ -170,13 +175,16 @@ impl Cluster {
                 ids.push(reply.map_or(0, |(id, _)| id));
                 leaders.push(reply.map_or(0, |(_, leader)| leader));
             }
+            if leaders.is_empty() {
+                return Err(self.members[0].fail("no member is running"));
+            }
             let agreed = leaders[0] != 0 && leaders.iter().all(|l| *l == leaders[0]);
             if agreed {
                 if let Some(position) = ids.iter().position(|id| *id == leaders[0]) {
                     let running: Vec<usize> = (0..self.members.len())
                         .filter(|i| self.members[*i].is_running())
                         .collect();
-                    return Ok(running[position]);
+                    return Ok((running[position], leaders[0]));
                 }
             }
             if Instant::now() > deadline {

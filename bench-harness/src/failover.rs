@@ -18,6 +18,7 @@ use crate::BenchError;
 use ringkv_proto::etcdserverpb::kv_client::KvClient;
 use ringkv_proto::etcdserverpb::PutRequest;
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -61,6 +62,8 @@ pub struct Trial {
     /// Puts of the whole trial that succeeded, and that failed or timed out.
     pub puts_ok: u64,
     pub puts_failed: u64,
+    /// Why puts failed: the gRPC status (code and message) or "timeout", with counts.
+    pub put_errors: BTreeMap<String, u64>,
 }
 
 pub fn check_config(config: &FailoverConfig) -> Result<(), BenchError> {
@@ -148,11 +151,14 @@ fn write(path: &Path, text: &str) -> Result<(), BenchError> {
 }
 
 fn show_ms(ms: Option<f64>) -> String {
-    ms.map_or_else(|| format!("not within {TRIAL_LIMIT:?}"), |ms| format!("{ms:.0} ms"))
+    ms.map_or_else(
+        || format!("not within {TRIAL_LIMIT:?}"),
+        |ms| format!("{ms:.0} ms"),
+    )
 }
 
-/// One put's outcome: when it was sent, when it ended, whether it succeeded.
-type PutRecord = (Instant, Instant, bool);
+/// One put's outcome: when it was sent, when it ended, and why it failed (None: it succeeded).
+type PutRecord = (Instant, Instant, Option<String>);
 
 async fn run_trial(
     config: &FailoverConfig,
@@ -177,10 +183,7 @@ async fn run_trial(
         &log_prefix,
     )
     .await?;
-    let leader = servers.wait_leader(Duration::from_secs(30)).await?;
-    let leader_id = cluster::status(&servers.members[leader].endpoint(), Duration::from_secs(2))
-        .await
-        .map_or(0, |(id, _)| id);
+    let (leader, leader_id) = servers.leader(Duration::from_secs(30)).await?;
     let survivors: Vec<String> = servers
         .members
         .iter()
@@ -223,7 +226,7 @@ async fn run_trial(
         if resumed.is_none() {
             resumed = records
                 .iter()
-                .filter(|(sent, _, ok)| *ok && *sent >= killed_at)
+                .filter(|(sent, _, error)| error.is_none() && *sent >= killed_at)
                 .map(|(_, done, _)| done.duration_since(killed_at))
                 .min();
         }
@@ -237,7 +240,14 @@ async fn run_trial(
     }
     let _ = servers.stop().await?;
     let _ = std::fs::remove_dir_all(&data_dir);
-    let puts_ok = records.iter().filter(|(_, _, ok)| *ok).count() as u64;
+    let puts_ok = records
+        .iter()
+        .filter(|(_, _, error)| error.is_none())
+        .count() as u64;
+    let mut put_errors = BTreeMap::new();
+    for error in records.iter().filter_map(|(_, _, error)| error.clone()) {
+        *put_errors.entry(error).or_insert(0) += 1;
+    }
     Ok(Trial {
         trial,
         server: name.clone(),
@@ -246,6 +256,7 @@ async fn run_trial(
         writes_resumed_ms: resumed.map(|d| d.as_secs_f64() * 1e3),
         puts_ok,
         puts_failed: records.len() as u64 - puts_ok,
+        put_errors,
     })
 }
 
@@ -271,11 +282,19 @@ async fn write_load(
         tokio::spawn(async move {
             let sent = Instant::now();
             let reply = tokio::time::timeout(PUT_TIMEOUT, client.put(request)).await;
-            let _ = sender.send((sent, Instant::now(), matches!(reply, Ok(Ok(_)))));
+            let error = match reply {
+                Ok(Ok(_)) => None,
+                Ok(Err(status)) => Some(format!("{:?}: {}", status.code(), status.message())),
+                Err(_) => Some(format!("no reply within {PUT_TIMEOUT:?}")),
+            };
+            let _ = sender.send((sent, Instant::now(), error));
         });
         i += 1;
     }
 }
+
+/// Reads one figure of a trial, None when the trial did not see it.
+type TrialFigure = fn(&Trial) -> Option<f64>;
 
 fn max(values: &[f64]) -> Option<f64> {
     values.iter().copied().max_by(f64::total_cmp)
@@ -297,7 +316,9 @@ fn report_markdown(config: &FailoverConfig, trials: &[Trial], load_average: &str
          --election-timeout {}), runs {} puts/s (256 B values) against the followers for {:?}, \
          then SIGKILLs the leader. Times are from the kill: `leader elected` is the first \
          Status poll (every {:?}, on each survivor) naming a new leader; `writes resumed` is the \
-         first successful reply to a put sent after the kill.\n",
+         first successful reply to a put sent after the kill. Both are upper bounds: the poll \
+         lags by up to one interval plus a Status call, so `writes resumed` can be the smaller; \
+         puts still in flight when both are seen are not counted.\n",
         config.members,
         config.heartbeat_ms,
         config.election_ms,
@@ -321,8 +342,7 @@ fn report_markdown(config: &FailoverConfig, trials: &[Trial], load_average: &str
         "---:|".repeat(names.len()),
         if names.len() == 2 { "---:|" } else { "" }
     );
-    type Read = fn(&Trial) -> Option<f64>;
-    let figures: [(&str, Read, bool); 4] = [
+    let figures: [(&str, TrialFigure, bool); 4] = [
         ("leader elected, median", |t| t.leader_elected_ms, false),
         ("leader elected, max", |t| t.leader_elected_ms, true),
         ("writes resumed, median", |t| t.writes_resumed_ms, false),
@@ -378,12 +398,12 @@ fn report_markdown(config: &FailoverConfig, trials: &[Trial], load_average: &str
     }
     let _ = writeln!(
         out,
-        "\n## Trials\n\n| trial | server | killed | leader elected (ms) | writes resumed (ms) | puts ok | puts failed |\n|---:|---|---|---:|---:|---:|---:|"
+        "\n## Trials\n\n| trial | server | killed | leader elected (ms) | writes resumed (ms) | puts ok | puts failed | errors |\n|---:|---|---|---:|---:|---:|---:|---|"
     );
     for t in trials {
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
             t.trial,
             t.server,
             t.killed,
@@ -392,7 +412,12 @@ fn report_markdown(config: &FailoverConfig, trials: &[Trial], load_average: &str
             t.writes_resumed_ms
                 .map_or_else(|| "-".into(), |ms| format!("{ms:.0}")),
             t.puts_ok,
-            t.puts_failed
+            t.puts_failed,
+            t.put_errors
+                .iter()
+                .map(|(error, count)| format!("{count} x {error}"))
+                .collect::<Vec<_>>()
+                .join("; ")
         );
     }
     let _ = writeln!(out, "\n## Run\n");

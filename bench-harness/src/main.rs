@@ -4,8 +4,8 @@
 use clap::{Args, Parser, Subcommand};
 use ringkv_bench::check;
 use ringkv_bench::compare::{self, CompareConfig};
-use ringkv_bench::failover::{self, FailoverConfig};
 use ringkv_bench::defrag::DefragSpec;
+use ringkv_bench::failover::{self, FailoverConfig};
 use ringkv_bench::load::LoadConfig;
 use ringkv_bench::smoke::{self, SmokeConfig};
 use ringkv_bench::suite::{self, SuiteConfig};

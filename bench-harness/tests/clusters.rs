@@ -87,7 +87,11 @@ fn compare_put_on_three_members_spreads_clients_over_the_cluster() {
             assert!(log.is_file(), "no {}", log.display());
         }
     }
-    assert!(leftovers(dir.path()).is_empty(), "{:?}", leftovers(dir.path()));
+    assert!(
+        leftovers(dir.path()).is_empty(),
+        "{:?}",
+        leftovers(dir.path())
+    );
 }
 
 #[test]
@@ -116,15 +120,16 @@ fn failover_times_a_new_leader_and_the_first_write_after_the_kill() {
         assert!(trial["puts_ok"].as_u64().unwrap() > 0, "{trial}");
     }
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
-    assert!(
-        report.contains("| leader elected, median |"),
-        "{report}"
-    );
+    assert!(report.contains("| leader elected, median |"), "{report}");
     assert!(
         report.contains("--heartbeat-interval 100 --election-timeout 1000"),
         "{report}"
     );
-    assert!(leftovers(dir.path()).is_empty(), "{:?}", leftovers(dir.path()));
+    assert!(
+        leftovers(dir.path()).is_empty(),
+        "{:?}",
+        leftovers(dir.path())
+    );
 
     let (code, _, stderr) = bench(&[
         "compare",

@@ -287,7 +287,10 @@ fn cluster_sizes_and_bad_combinations_are_clear_errors() {
     let (code, _, stderr) = bench(&["compare", "put", "--members", "8", "--ringkv", "/bin/true"]);
     assert_eq!(
         (code, stderr.trim()),
-        (1, "ringkv-bench: invalid option: --members must be 1..=7, not 8")
+        (
+            1,
+            "ringkv-bench: invalid option: --members must be 1..=7, not 8"
+        )
     );
     let (code, _, stderr) = bench(&["compare", "--ringkv", "/bin/true"]);
     assert_eq!(
