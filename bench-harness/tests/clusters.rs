@@ -113,10 +113,11 @@ fn failover_times_a_new_leader_and_the_first_write_after_the_kill() {
     for trial in trials {
         let elected = trial["leader_elected_ms"].as_f64().unwrap();
         let resumed = trial["writes_resumed_ms"].as_f64().unwrap();
-        // A new leader needs at least one election timeout without heartbeats (1000 ms here,
-        // randomised upwards); a successful put needs a leader.
-        assert!(elected >= 900.0, "{trial}");
-        assert!(resumed >= 900.0, "{trial}");
+        // A new leader needs an election timeout (1000 ms, randomised upwards, counted in
+        // 100 ms ticks from the last heartbeat, which may be up to 100 ms before the kill) without
+        // heartbeats: at least about 800 ms. A successful put needs a leader.
+        assert!(elected >= 700.0, "{trial}");
+        assert!(resumed >= 700.0, "{trial}");
         assert!(trial["puts_ok"].as_u64().unwrap() > 0, "{trial}");
     }
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
