@@ -1,5 +1,6 @@
-//! Side-by-side runs: for each round, each server (ringkv, then etcd) on a fresh data dir and
-//! free loopback ports, the same workload; then, in the output dir, `report.md` (medians over
+//! Side-by-side runs: for each round, each server (ringkv, then etcd; one member or a
+//! `--members N` cluster, see `cluster`) on fresh data dirs and free loopback ports, the same
+//! workload; then, in the output dir, `report.md` (medians over
 //! rounds and the ringkv/etcd ratio), `results.json` (every round's raw figures),
 //! `histograms/` (HdrHistogram percentile text per round), `latency-cdf.svg` and
 //! `throughput.svg`, and `logs/` (server output).

@@ -1,6 +1,7 @@
-//! One single-member server (ringkv or etcd, same flags) on free loopback ports with its own data
-//! dir: start it, wait until it answers a linearizable read, read its peak RSS and CPU time from
-//! /proc, stop it with SIGTERM.
+//! One server process (ringkv or etcd, same flags) on free loopback ports with its own data dir:
+//! start it as a single member (or spawn it with a cluster member's flags, see `cluster`), wait
+//! until it answers a linearizable read, read its peak RSS and CPU time from /proc, stop it with
+//! SIGTERM (or SIGKILL it, for failover trials).
 
 use crate::load;
 use crate::BenchError;
