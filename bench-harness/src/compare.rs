@@ -1,5 +1,6 @@
-//! Side-by-side runs: for each round, each server (ringkv, then etcd) on a fresh data dir and
-//! free loopback ports, the same workload; then, in the output dir, `report.md` (medians over
+//! Side-by-side runs: for each round, each server (ringkv, then etcd; one member or a
+//! `--members N` cluster, see `cluster`) on fresh data dirs and free loopback ports, the same
+//! workload; then, in the output dir, `report.md` (medians over
 //! rounds and the ringkv/etcd ratio), `results.json` (every round's raw figures),
 //! `histograms/` (HdrHistogram percentile text per round), `latency-cdf.svg` and
 //! `throughput.svg`, and `logs/` (server output).
@@ -9,9 +10,10 @@
 //! a server that cannot start, or an unwritable output dir, stops the comparison.
 
 use crate::chart;
+use crate::cluster::{self, Cluster};
 use crate::disk;
 use crate::load::{self, LoadConfig};
-use crate::server::{self, ServerProcess};
+use crate::server;
 use crate::summary::{self, Summary};
 use crate::workload::{self, Workload};
 use crate::BenchError;
@@ -40,7 +42,8 @@ pub struct CompareConfig {
     /// In run order; the first is the numerator of the ratio column.
     pub servers: Vec<ServerSpec>,
     pub rounds: u32,
-    /// Cluster size; only 1 works until ringkv has a raft transport.
+    /// Cluster size: 1, or a static loopback cluster whose clients' connections go leader first,
+    /// then round-robin over every member.
     pub members: u32,
     pub out: PathBuf,
     pub data_root: PathBuf,
@@ -89,6 +92,8 @@ struct Machine {
 struct Results {
     commit: String,
     workload: String,
+    /// Members per server (a static loopback cluster when more than 1).
+    members: u32,
     definition: Workload,
     options: LoadConfig,
     machine: Machine,
@@ -166,11 +171,10 @@ pub fn check_config(config: &CompareConfig) -> Result<(), BenchError> {
     if config.rounds == 0 {
         return Err(BenchError::Config("--rounds must be at least 1".into()));
     }
-    if config.members != 1 {
-        return Err(BenchError::Cluster(format!(
-            "compare --members {}: multi-member clusters on loopback wait for ringkv's raft \
-             transport (ringkv refuses a multi-member --initial-cluster today); run with \
-             --members 1",
+    if config.members == 0 || config.members > cluster::MAX_MEMBERS {
+        return Err(BenchError::Config(format!(
+            "--members must be 1..={}, not {}",
+            cluster::MAX_MEMBERS,
             config.members
         )));
     }
@@ -241,6 +245,7 @@ pub async fn run(config: &CompareConfig) -> Result<CompareOutcome, BenchError> {
     let results = Results {
         commit: git_commit(&config.servers[0].binary),
         workload: workload_name.clone(),
+        members: config.members,
         definition: config.workload.clone(),
         options: config.load.clone(),
         machine: Machine {
@@ -305,18 +310,26 @@ async fn run_one(
         "ringkv-bench-{}-r{round}-{name}",
         std::process::id()
     ));
-    let _ = std::fs::remove_dir_all(&data_dir);
-    let log_path = logs.join(format!("round{round}-{name}.log"));
-    let mut server =
-        ServerProcess::start(name, &spec.binary, &data_dir, &spec.args, &log_path).await?;
+    let log_prefix = logs.join(format!("round{round}-{name}"));
+    let mut servers = Cluster::start(
+        name,
+        &spec.binary,
+        config.members,
+        &data_dir,
+        &spec.args,
+        &log_prefix,
+    )
+    .await?;
     let mut load = config.load.clone();
-    load.endpoints = vec![server.endpoint()];
-    let cpu_before = server.cpu_seconds()?;
-    let outcome = run_workload(config, &load, &server.endpoint()).await;
-    let cpu_workload_s = server.cpu_seconds()? - cpu_before;
-    let peak_rss_kib = server.peak_rss_kib()?;
-    let exit_status = server.stop().await?;
+    load.endpoints = servers.endpoints_leader_first().await?;
+    let cpu_before = servers.cpu_seconds()?;
+    let outcome = run_workload(config, &load, &load.endpoints[0]).await;
+    let cpu_workload_s = servers.cpu_seconds()? - cpu_before;
+    let peak_rss_kib = servers.peak_rss_kib()?;
+    let exit_status = servers.stop().await?;
     let _ = std::fs::remove_dir_all(&data_dir);
+    // Member 1's flags: its --initial-cluster names the others'.
+    let args = servers.members[0].args.clone();
     let (summary, unsupported, failed) = match outcome {
         Ok(summary) => (Some(summary), None, None),
         Err(BenchError::Unsupported { message, .. }) => (None, Some(message), None),
@@ -338,7 +351,7 @@ async fn run_one(
         },
         exit_status,
     };
-    Ok((result, server.args.clone()))
+    Ok((result, args))
 }
 
 async fn run_workload(
@@ -481,7 +494,7 @@ fn write_charts(out: &Path, workload: &str, results: &Results) -> Result<(), Ben
 }
 
 /// The commit of the checkout the (first) server binary was built in, e.g. `target/release/`.
-fn git_commit(binary: &Path) -> String {
+pub(crate) fn git_commit(binary: &Path) -> String {
     let dir = binary
         .canonicalize()
         .ok()
@@ -509,7 +522,7 @@ fn git_commit(binary: &Path) -> String {
     }
 }
 
-fn cpu_model() -> String {
+pub(crate) fn cpu_model() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|info| {
@@ -747,6 +760,16 @@ fn report_markdown(results: &Results) -> String {
         "Medians over rounds; each round runs {} in turn on a fresh data dir.\n",
         names.join(", ")
     );
+    if results.members > 1 {
+        let _ = writeln!(
+            out,
+            "Each server is a {}-member cluster on loopback (static bootstrap, fresh data dirs). \
+             The load's connections go to the leader first, then round-robin over every \
+             member (one connection: the leader only). Peak RSS and CPU are sums over the \
+             members.\n",
+            results.members
+        );
+    }
     figure_table(&mut out, results, None);
     let part_names: Vec<String> = results
         .rounds
@@ -893,7 +916,7 @@ mod tests {
     }
 
     #[test]
-    fn three_members_is_a_clear_error() {
+    fn member_counts_are_checked() {
         let config = CompareConfig {
             load: LoadConfig {
                 endpoints: Vec::new(),
@@ -915,15 +938,20 @@ mod tests {
             out: PathBuf::from("/nonexistent"),
             data_root: PathBuf::from("/nonexistent"),
         };
-        let error = check_config(&config).unwrap_err().to_string();
-        assert!(
-            error.starts_with("compare --members 3: multi-member clusters"),
-            "{error}"
-        );
-        assert!(check_config(&CompareConfig {
-            members: 1,
+        assert!(check_config(&config).is_ok());
+        let error = check_config(&CompareConfig {
+            members: 0,
+            ..config.clone()
+        })
+        .unwrap_err()
+        .to_string();
+        assert_eq!(error, "invalid option: --members must be 1..=7, not 0");
+        let error = check_config(&CompareConfig {
+            members: 8,
             ..config
         })
-        .is_ok());
+        .unwrap_err()
+        .to_string();
+        assert_eq!(error, "invalid option: --members must be 1..=7, not 8");
     }
 }

@@ -5,15 +5,18 @@
 //! bar), `check` (etcdctl's check-perf loads and pass rules), `load` (request/reply workloads)
 //! and `watch` (watch workloads) and `defrag` (a put load across a
 //! Defragment) under `workload` (the workload definitions and dispatch),
-//! `server` (one server process on loopback), `disk` (the raw fdatasync probe), `chart` (SVG
+//! `server` (one server process on loopback), `cluster` (N of them as one static cluster),
+//! `failover` (leader-crash trials on clusters), `disk` (the raw fdatasync probe), `chart` (SVG
 //! charts), `compare` (rounds, medians, the report), `suite` (the standard set of comparisons)
 //! and `smoke` (every workload briefly, for CI). The binary (`main.rs`) only parses flags.
 
 pub mod chart;
 pub mod check;
+pub mod cluster;
 pub mod compare;
 pub mod defrag;
 pub mod disk;
+pub mod failover;
 pub mod load;
 pub mod progress;
 pub mod server;

@@ -5,6 +5,7 @@ use clap::{Args, Parser, Subcommand};
 use ringkv_bench::check;
 use ringkv_bench::compare::{self, CompareConfig};
 use ringkv_bench::defrag::DefragSpec;
+use ringkv_bench::failover::{self, FailoverConfig};
 use ringkv_bench::load::LoadConfig;
 use ringkv_bench::smoke::{self, SmokeConfig};
 use ringkv_bench::suite::{self, SuiteConfig};
@@ -41,6 +42,22 @@ enum Command {
 
 #[derive(Subcommand, Clone)]
 enum WorkloadCommand {
+    /// compare only, with --members 3: SIGKILL the leader under a light put load and time the
+    /// new leader and the first successful put.
+    Failover {
+        /// Trials per server (a fresh cluster each).
+        #[arg(long, default_value_t = 5)]
+        trials: u32,
+        /// Both servers' --heartbeat-interval, ms (etcd's default).
+        #[arg(long, default_value_t = 100)]
+        heartbeat_interval: u64,
+        /// Both servers' --election-timeout, ms (etcd's default).
+        #[arg(long, default_value_t = 1000)]
+        election_timeout: u64,
+        /// Puts per second sent to the followers around the kill.
+        #[arg(long, default_value_t = 100.0)]
+        write_rate: f64,
+    },
     /// Put keys from the key space.
     Put {
         #[command(flatten)]
@@ -258,7 +275,7 @@ struct CompareCommand {
     only: Option<String>,
     #[arg(long, global = true, default_value_t = 3)]
     rounds: u32,
-    /// Cluster members per server; only 1 until ringkv has a raft transport.
+    /// Cluster members per server (3: a static cluster on loopback, clients leader first).
     #[arg(long, global = true, default_value_t = 1)]
     members: u32,
     /// Where the report goes [default: perf-reports/<date>-<workload or suite-standard>].
@@ -364,6 +381,12 @@ fn stream_config(
 impl WorkloadCommand {
     fn build(&self, endpoints: Vec<String>) -> Result<(LoadConfig, Workload), BenchError> {
         Ok(match self {
+            WorkloadCommand::Failover { .. } => {
+                return Err(BenchError::Config(
+                    "failover starts its own cluster: run it as compare failover --members 3"
+                        .into(),
+                ))
+            }
             WorkloadCommand::Put { load } => (load.config(endpoints), Workload::Put),
             WorkloadCommand::Range { load, range } => {
                 (load.config(endpoints), Workload::Range(range.spec()))
@@ -516,6 +539,30 @@ async fn run_compare(command: CompareCommand) -> Result<i32, BenchError> {
                 workload_seconds: command.workload_seconds,
             };
             suite::run(&config).await.map(|()| 0)
+        }
+        (
+            None,
+            Some(WorkloadCommand::Failover {
+                trials,
+                heartbeat_interval,
+                election_timeout,
+                write_rate,
+            }),
+        ) => {
+            let config = FailoverConfig {
+                servers,
+                members: command.members,
+                trials: *trials,
+                heartbeat_ms: *heartbeat_interval,
+                election_ms: *election_timeout,
+                write_rate: *write_rate,
+                out: command
+                    .out
+                    .clone()
+                    .unwrap_or_else(|| default_out("failover")),
+                data_root: command.data_root.clone(),
+            };
+            failover::run(&config).await.map(|_| 0)
         }
         (None, Some(workload_command)) => {
             if command.workload_seconds.is_some() {

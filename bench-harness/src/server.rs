@@ -1,6 +1,7 @@
-//! One single-member server (ringkv or etcd, same flags) on free loopback ports with its own data
-//! dir: start it, wait until it answers a linearizable read, read its peak RSS and CPU time from
-//! /proc, stop it with SIGTERM.
+//! One server process (ringkv or etcd, same flags) on free loopback ports with its own data dir:
+//! start it as a single member (or spawn it with a cluster member's flags, see `cluster`), wait
+//! until it answers a linearizable read, read its peak RSS and CPU time from /proc, stop it with
+//! SIGTERM (or SIGKILL it, for failover trials).
 
 use crate::load;
 use crate::BenchError;
@@ -83,14 +84,30 @@ impl ServerProcess {
         extra_args: &[String],
         log_path: &Path,
     ) -> Result<ServerProcess, BenchError> {
-        std::fs::create_dir_all(data_dir).map_err(BenchError::io(format!(
-            "create data dir {}",
-            data_dir.display()
-        )))?;
         let client_port = free_port()?;
         let peer_port = free_port()?;
         let mut args = server_args(data_dir, client_port, peer_port);
         args.extend(extra_args.iter().cloned());
+        let mut server = ServerProcess::spawn(name, binary, data_dir, args, client_port, log_path)?;
+        server.wait_ready().await?;
+        Ok(server)
+    }
+
+    /// Starts `binary` with exactly `args` (which must listen for clients on `client_port` and
+    /// use `data_dir`, created here if missing) without waiting for it: cluster members are
+    /// only ready once a quorum of them runs.
+    pub fn spawn(
+        name: &str,
+        binary: &Path,
+        data_dir: &Path,
+        args: Vec<String>,
+        client_port: u16,
+        log_path: &Path,
+    ) -> Result<ServerProcess, BenchError> {
+        std::fs::create_dir_all(data_dir).map_err(BenchError::io(format!(
+            "create data dir {}",
+            data_dir.display()
+        )))?;
         let log = File::create(log_path)
             .map_err(BenchError::io(format!("create {}", log_path.display())))?;
         let log_err = log.try_clone().map_err(BenchError::io("dup log file"))?;
@@ -104,26 +121,28 @@ impl ServerProcess {
             .stderr(log_err)
             .spawn()
             .map_err(BenchError::io(format!("spawn {}", binary.display())))?;
-        let mut server = ServerProcess {
+        Ok(ServerProcess {
             name: name.to_owned(),
             child: Some(child),
             client_port,
             args,
             log_path: log_path.to_owned(),
-        };
-        server.wait_ready().await?;
-        Ok(server)
+        })
     }
 
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.client_port)
     }
 
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("server running").id()
     }
 
-    fn fail(&self, reason: impl Into<String>) -> BenchError {
+    pub fn fail(&self, reason: impl Into<String>) -> BenchError {
         let log = std::fs::read_to_string(&self.log_path).unwrap_or_default();
         let tail: Vec<&str> = log.lines().rev().take(20).collect();
         let tail: Vec<&str> = tail.into_iter().rev().collect();
@@ -138,7 +157,8 @@ impl ServerProcess {
         }
     }
 
-    async fn wait_ready(&mut self) -> Result<(), BenchError> {
+    /// Waits (up to READY_TIMEOUT) until the server answers a linearizable read.
+    pub async fn wait_ready(&mut self) -> Result<(), BenchError> {
         let deadline = Instant::now() + READY_TIMEOUT;
         let endpoint = vec![self.endpoint()];
         loop {
@@ -199,6 +219,16 @@ impl ServerProcess {
         // SAFETY: sysconf has no preconditions.
         let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1);
         Ok((utime + stime) as f64 / ticks_per_second as f64)
+    }
+
+    /// SIGKILL and reap: a crash, for failover trials. Returns false if it had already exited.
+    pub fn kill(&mut self) -> bool {
+        let Some(mut child) = self.child.take() else {
+            return false;
+        };
+        let _ = child.kill();
+        let _ = child.wait();
+        true
     }
 
     /// SIGTERM, then waits for the exit (SIGKILL after STOP_TIMEOUT). Returns how it ended:
