@@ -338,7 +338,7 @@ mod tests {
     fn page_store_knobs_are_read_and_range_checked() {
         let small = BUILT_IN[0].1;
         let profile = TuningProfile::parse(small, "t").unwrap();
-        assert_eq!(profile.page_store.checkpoint_interval_ms, 100);
+        assert_eq!(profile.page_store.checkpoint_interval_ms, 400);
         assert_eq!(profile.page_store.background_clean_segments, 8);
         let over = small.replace(
             "clean_live_percent_max = 75",
@@ -353,7 +353,7 @@ mod tests {
             TuningProfile::parse(&tiny, "t").unwrap_err().to_string(),
             "tuning profile t: page_store.dirty_bytes_max must be at least 8192 (two pages)"
         );
-        let never = small.replace("checkpoint_interval_ms = 100", "checkpoint_interval_ms = 0");
+        let never = small.replace("checkpoint_interval_ms = 400", "checkpoint_interval_ms = 0");
         assert_eq!(
             TuningProfile::parse(&never, "t").unwrap_err().to_string(),
             "tuning profile t: page_store.checkpoint_interval_ms must be greater than 0"
