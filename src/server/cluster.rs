@@ -8,7 +8,7 @@ use std::sync::Arc;
 use ringkv_proto::ringkvpeerpb::raft_peer_server::RaftPeerServer;
 use tokio::net::TcpListener;
 
-use super::{ids, no_delay, resolve, ServerError};
+use super::{ids, no_delay, ServerError};
 use crate::config::{Config, Url};
 use crate::peer::{MemberInfo, Members, PeerConfig, PeerContext, RaftPeerService};
 
@@ -41,24 +41,6 @@ pub fn members(config: &Config, ids: ids::Ids, member_dir: &Path) -> Result<Memb
     let members = Members::load_or_record(member_dir, ids.member_id, bootstrap)?;
     members.learn(ids.member_id, &config.name, &client_urls)?;
     Ok(members)
-}
-
-/// Binds every `--listen-peer-urls` URL (before the raft engine starts, so a taken port fails
-/// the start rather than a peer's sends).
-pub async fn bind_peer_listeners(config: &Config) -> Result<Vec<(Url, TcpListener)>, ServerError> {
-    let mut listeners = Vec::new();
-    for url in &config.listen_peer_urls {
-        for addr in resolve(url).await? {
-            let listener = TcpListener::bind(addr)
-                .await
-                .map_err(|source| ServerError::Listen {
-                    url: url.to_string(),
-                    source,
-                })?;
-            listeners.push((url.clone(), listener));
-        }
-    }
-    Ok(listeners)
 }
 
 /// The peer service on one listener, until `stop` turns true.

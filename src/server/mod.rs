@@ -263,21 +263,10 @@ async fn serve(
 ) -> Result<(), ServerError> {
     // Only a member with peers listens on its peer URLs: a lone member needs no port there.
     let peer_listeners = match &peering {
-        Some(_) => cluster::bind_peer_listeners(config).await?,
+        Some(_) => bind(&config.listen_peer_urls).await?,
         None => Vec::new(),
     };
-    let mut listeners = Vec::new();
-    for url in &config.listen_client_urls {
-        for addr in resolve(url).await? {
-            let listener = TcpListener::bind(addr)
-                .await
-                .map_err(|source| ServerError::Listen {
-                    url: url.to_string(),
-                    source,
-                })?;
-            listeners.push((url.clone(), listener));
-        }
-    }
+    let listeners = bind(&config.listen_client_urls).await?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let max_decoding = api::max_decoding_message_bytes(config.max_request_bytes);
     let http = api::http::HttpEndpoints::new(
@@ -417,6 +406,24 @@ fn no_delay(
 
 /// How long a shutdown waits for client connections to finish their requests.
 const SHUTDOWN_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Binds every address of every URL in `urls` (peer or client), so a taken port fails the start
+/// with the URL named.
+async fn bind(urls: &[Url]) -> Result<Vec<(Url, TcpListener)>, ServerError> {
+    let mut listeners = Vec::new();
+    for url in urls {
+        for addr in resolve(url).await? {
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServerError::Listen {
+                    url: url.to_string(),
+                    source,
+                })?;
+            listeners.push((url.clone(), listener));
+        }
+    }
+    Ok(listeners)
+}
 
 async fn resolve(url: &Url) -> Result<Vec<SocketAddr>, ServerError> {
     let port = url.port.unwrap_or(0);
