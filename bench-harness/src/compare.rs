@@ -192,14 +192,7 @@ pub async fn run(config: &CompareConfig) -> Result<CompareOutcome, BenchError> {
     create_dir(&logs)?;
     create_dir(&config.out.join("histograms"))?;
     create_dir(&config.data_root)?;
-    let load_average_before = std::fs::read_to_string("/proc/loadavg")
-        .map(|text| {
-            text.split_whitespace()
-                .take(3)
-                .collect::<Vec<_>>()
-                .join(" ")
-        })
-        .unwrap_or_default();
+    let load_average_before = load_average();
 
     let data_root = config.data_root.clone();
     let fdatasync =
@@ -270,11 +263,11 @@ pub async fn run(config: &CompareConfig) -> Result<CompareOutcome, BenchError> {
     Ok(outcome(&results))
 }
 
-fn create_dir(path: &Path) -> Result<(), BenchError> {
+pub(crate) fn create_dir(path: &Path) -> Result<(), BenchError> {
     std::fs::create_dir_all(path).map_err(BenchError::io(format!("create {}", path.display())))
 }
 
-fn write(path: &Path, text: &str) -> Result<(), BenchError> {
+pub(crate) fn write(path: &Path, text: &str) -> Result<(), BenchError> {
     std::fs::write(path, text).map_err(BenchError::io(format!("write {}", path.display())))
 }
 
@@ -888,6 +881,19 @@ fn report_markdown(results: &Results) -> String {
          in results.json, histograms in histograms/ (HdrHistogram percentile text, µs)."
     );
     out
+}
+
+/// The machine's 1, 5 and 15 minute load averages as `/proc/loadavg` gives them ("" where it
+/// cannot be read), for a report's account of how busy the machine was.
+pub(crate) fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|text| {
+            text.split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@
 //! median and max over trials, and every trial.
 
 use crate::cluster::{self, Cluster};
-use crate::compare::{self, ServerSpec};
+use crate::compare::{self, write, ServerSpec};
 use crate::load;
 use crate::BenchError;
 use ringkv_proto::etcdserverpb::kv_client::KvClient;
@@ -111,19 +111,9 @@ pub fn timing_args(config: &FailoverConfig) -> Vec<String> {
 pub async fn run(config: &FailoverConfig) -> Result<Vec<Trial>, BenchError> {
     check_config(config)?;
     let logs = config.out.join("logs");
-    std::fs::create_dir_all(&logs).map_err(BenchError::io(format!("create {}", logs.display())))?;
-    std::fs::create_dir_all(&config.data_root).map_err(BenchError::io(format!(
-        "create {}",
-        config.data_root.display()
-    )))?;
-    let load_average = std::fs::read_to_string("/proc/loadavg")
-        .map(|text| {
-            text.split_whitespace()
-                .take(3)
-                .collect::<Vec<_>>()
-                .join(" ")
-        })
-        .unwrap_or_default();
+    compare::create_dir(&logs)?;
+    compare::create_dir(&config.data_root)?;
+    let load_average = compare::load_average();
     let mut trials = Vec::new();
     for trial in 1..=config.trials {
         for spec in &config.servers {
@@ -144,10 +134,6 @@ pub async fn run(config: &FailoverConfig) -> Result<Vec<Trial>, BenchError> {
     write(&config.out.join("report.md"), &report)?;
     print!("{report}");
     Ok(trials)
-}
-
-fn write(path: &Path, text: &str) -> Result<(), BenchError> {
-    std::fs::write(path, text).map_err(BenchError::io(format!("write {}", path.display())))
 }
 
 fn show_ms(ms: Option<f64>) -> String {
