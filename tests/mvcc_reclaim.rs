@@ -7,7 +7,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use ringkv::mvcc::{Mvcc, RangeOptions};
-use ringkv::page_store::{PageStore, PageStoreConfig};
+use ringkv::page_store::{PageStore, PageStoreConfig, PAGE_BYTES};
 
 const KEYS: usize = 200;
 const VALUE_BYTES: usize = 512;
@@ -48,6 +48,8 @@ fn compaction_and_cleaning_bring_disk_usage_back_while_writes_go_on() {
         segment_bytes: 256 << 10,
         ..PageStoreConfig::default()
     };
+    let (segment_bytes, live_percent) =
+        (config.segment_bytes as u64, config.clean_live_percent_max);
     let mvcc = Mvcc::open(PageStore::open(dir.path(), config).unwrap()).unwrap();
     let next_index = Arc::new(AtomicU64::new(1));
 
@@ -99,8 +101,10 @@ fn compaction_and_cleaning_bring_disk_usage_back_while_writes_go_on() {
         "writes were served during reclamation"
     );
 
-    // Once writes stop: a final compaction, then clean until no segment qualifies.
+    // Once writes stop: a final compaction, then clean until no segment qualifies. The
+    // checkpoint first, because the cleaner skips segments whose live pages are not yet on disk.
     mvcc.compact(mvcc.current_revision()).unwrap();
+    mvcc.page_store().checkpoint().unwrap();
     for _ in 0..200 {
         let report = mvcc.page_store().clean(4).unwrap();
         cleaned_segments += report.segments_cleaned;
@@ -114,9 +118,18 @@ fn compaction_and_cleaning_bring_disk_usage_back_while_writes_go_on() {
         logical_live_bytes()
     );
     assert!(cleaned_segments > 0);
+    // The cleaner's contract once nothing qualifies: every sealed segment is at least
+    // `clean_live_percent_max` live, so sealed files take at most live x 100 / percent. Beyond
+    // them: the two superblock pages and three whole segments that are not sealed (the leaf
+    // and branch log tails, and the spare). With 256 KiB segments and ~0.43 MB live that fixed
+    // part is as large as the data, so it is counted, not folded into a ratio: a run left with
+    // one more half-live segment than another is not a leak.
+    let bound = after.live_bytes * 100 / u64::from(live_percent)
+        + 3 * segment_bytes
+        + 2 * PAGE_BYTES as u64;
     assert!(
-        after.file_bytes <= 2 * after.live_bytes,
-        "disk usage within 2x of the live pages: {after:?}"
+        after.file_bytes <= bound,
+        "disk usage within the cleaner's bound ({bound} B): {after:?}"
     );
     assert!(
         after.file_bytes * 4 < before.file_bytes,
