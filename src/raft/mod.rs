@@ -32,10 +32,35 @@
 //! calls `report_unreachable`). Messages from peers come in through [`RaftHandle::step`] on the
 //! bounded request queue, and dropped ones are retransmitted by raft. Messages of a `Ready` that
 //! promise durable state (votes, append responses: `persisted_messages`) are sent only after
-//! that state is durable; a leader's appends go out before its own fdatasync. Membership is the
-//! fixed `RaftConfig::voters` (every member starts with the same `ConfState` and an empty log).
+//! that state is durable; a leader's appends go out before its own fdatasync. Without a
+//! [`Membership`] the voters are the fixed `RaftConfig::voters` (every member starts with the
+//! same `ConfState` and an empty log); with one, membership changes as below.
 //! Linearizable reads use ReadIndex on any member (a follower's request is forwarded to the
 //! leader). With one voter there is no transport and no network on the write path.
+//!
+//! # Membership changes (`conf.rs`)
+//!
+//! A change is a raft `ConfChange` (v1: one voter or learner added, removed, or promoted at a
+//! time, as etcd 3.4 does; no joint consensus) proposed through the request queue like any
+//! proposal, under a request id, with the application's description of the change in the
+//! `ConfChange::context`. When it commits, the loop hands it to the application's
+//! [`Membership`] in log order with the data entries around it (the data entries before it are
+//! applied first). The application decides, from its membership alone (so every member decides
+//! the same), whether the change applies; if it does, it records the new membership durably
+//! **before returning** (together with the change's index, `Membership::conf_index`), and the
+//! loop then calls `RawNode::apply_conf_change` and checks that raft's new `ConfState` is the
+//! one the application derives from its record. A refused change is not applied to raft
+//! (etcd applies an empty change in that case). The reply bytes go to the proposer.
+//!
+//! Restart: the `ConfState` raft starts from is the application's (`Membership::conf_state`),
+//! which reflects every change up to `conf_index`. Conf-change entries at or below
+//! `conf_index` that raft hands back (they are above the state machine's applied index) are
+//! passed over; those above are applied. Because the record is made durable before any later
+//! entry is applied, every change at or below the state machine's durable applied index is at
+//! or below `conf_index`: raft never starts past a change the record lacks. A member joining an
+//! existing cluster starts from the membership and `conf_index` a peer reported, with an empty
+//! log, and replays the changes above that index when the leader sends them. A raft snapshot
+//! must carry the membership and its `conf_index` (`peer::members::MembershipImage`).
 //!
 //! # Restart
 //!
@@ -58,7 +83,10 @@
 //!
 //! # Limitations (issue 5 phase 1)
 //!
-//! - Membership is fixed at bootstrap; conf-change entries are never proposed.
+//! - Without a `Membership` (a member started alone), membership is fixed: conf-change
+//!   entries are never proposed.
+//! - raft-rs accepts one pending change at a time: a change proposed while another is
+//!   uncommitted becomes an empty entry and its proposer is answered `Dropped`.
 //! - There are no state-machine snapshots to send to lagging followers (`Storage::snapshot`
 //!   says "later"): a follower that needs an entry the leader has compacted does not catch up,
 //!   and the leader logs it.
