@@ -92,6 +92,7 @@
 //!   and the leader logs it.
 //! - A forwarded proposal lost on the way (leader change) is answered only by `Timeout`.
 
+mod conf;
 mod config;
 mod error;
 mod log;
@@ -103,8 +104,9 @@ use std::future::Future;
 use std::sync::Arc;
 
 use parking_lot::{Condvar, Mutex};
-use raft::eraftpb::Message;
+use raft::eraftpb::{ConfChange, Message};
 
+pub use conf::{LearnerProgress, Membership};
 pub use config::{RaftConfig, VOTERS_MAX};
 pub use error::RaftError;
 pub use storage::LogStore;
@@ -304,6 +306,44 @@ impl RaftHandle {
         }
     }
 
+    /// Proposes a membership change (see "Membership changes"); resolves with the
+    /// [`Membership`]'s reply once it has applied on this member. Errors as `propose`, and
+    /// `InvalidConfig` on a member without a `Membership`.
+    pub fn propose_conf_change(
+        &self,
+        change: ConfChange,
+    ) -> impl Future<Output = Result<Vec<u8>, RaftError>> + Send + 'static {
+        let inner = self.inner.clone();
+        async move {
+            let (reply, done) = futures::channel::oneshot::channel();
+            let change = Box::new(change);
+            inner
+                .shared
+                .queue
+                .push(Request::ProposeConfChange { change, reply })
+                .await?;
+            done.await.unwrap_or(Err(RaftError::Stopped))
+        }
+    }
+
+    /// The leader's view of how far member `id`'s log is (etcd checks it before promoting a
+    /// learner); `NotLeader` on any other member.
+    pub fn learner_progress(
+        &self,
+        id: u64,
+    ) -> impl Future<Output = Result<LearnerProgress, RaftError>> + Send + 'static {
+        let inner = self.inner.clone();
+        async move {
+            let (reply, done) = futures::channel::oneshot::channel();
+            inner
+                .shared
+                .queue
+                .push(Request::LearnerProgress { id, reply })
+                .await?;
+            done.await.unwrap_or(Err(RaftError::Stopped))
+        }
+    }
+
     /// Hands a raft message from a peer to the loop. Never waits: a full queue drops the message
     /// (`Overloaded`) and raft retransmits.
     pub fn step(&self, msg: Message) -> Result<(), RaftError> {
@@ -405,6 +445,19 @@ pub fn start_with_transport(
     start_with(GlommioDisk, cfg, sm, Some(transport))
 }
 
+/// [`start`] for a member whose membership changes: raft's configuration is `membership`'s
+/// (`cfg.voters` is ignored) and follows the conf changes it applies; `transport` carries
+/// messages to whichever peers that membership has.
+pub fn start_with_membership(
+    mut cfg: RaftConfig,
+    sm: Box<dyn StateMachine>,
+    transport: Box<dyn Transport>,
+    membership: Box<dyn Membership>,
+) -> Result<RaftHandle, RaftError> {
+    cfg.voters = vec![cfg.member_id];
+    start_inner(GlommioDisk, cfg, sm, Some(transport), Some(membership))
+}
+
 /// [`start`] on any disk: tests pass a `wal::sim::SimDisk`, which loses and tears unsynced
 /// writes at a simulated crash.
 pub fn start_with_disk<D: Disk + Send>(
@@ -421,6 +474,16 @@ pub fn start_with<D: Disk + Send>(
     cfg: RaftConfig,
     sm: Box<dyn StateMachine>,
     transport: Option<Box<dyn Transport>>,
+) -> Result<RaftHandle, RaftError> {
+    start_inner(disk, cfg, sm, transport, None)
+}
+
+fn start_inner<D: Disk + Send>(
+    disk: D,
+    cfg: RaftConfig,
+    sm: Box<dyn StateMachine>,
+    transport: Option<Box<dyn Transport>>,
+    membership: Option<Box<dyn Membership>>,
 ) -> Result<RaftHandle, RaftError> {
     cfg.validate()?;
     if cfg.voters.len() > 1 && transport.is_none() {
@@ -450,7 +513,16 @@ pub fn start_with<D: Disk + Send>(
         .io_memory(cfg.wal.writer_io_memory_bytes)
         .spawn(move || async move {
             let _finish = FinishGuard(thread_shared.clone());
-            node::run(disk, cfg, sm, transport, thread_shared, opened_tx).await;
+            node::run(
+                disk,
+                cfg,
+                sm,
+                transport,
+                membership,
+                thread_shared,
+                opened_tx,
+            )
+            .await;
         })
         .map_err(|e| RaftError::Io(e.into()))?;
     match opened_rx.recv() {
