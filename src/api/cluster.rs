@@ -182,7 +182,8 @@ impl ClusterService {
                         .is_some_and(|t| since.is_some_and(|since| t <= since))
             })
             .count();
-        if active < quorum(voters.len()) + 1 {
+        // etcd: `(active - 1) < 1 + (len(voters) - 1) / 2`.
+        if active < voters.len().saturating_sub(1) / 2 + 2 {
             return Err(ApiError::MemberNotEnoughStarted);
         }
         Ok(())
