@@ -62,14 +62,14 @@ fn member_add(
         .unwrap_or_else(|e| panic!("member add: {e}\n{}", cluster.logs()));
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 6, "{out}");
-    let words: Vec<&str> = lines[0].split(' ').collect();
+    // etcdctl prints the ids with `%16x`: space-padded.
+    let words: Vec<&str> = lines[0].split_whitespace().collect();
     assert_eq!(
         (words[0], words[2], words[3], words[4]),
         ("Member", "added", "to", "cluster"),
         "{out}"
     );
     let id = words[1].to_owned();
-    assert_eq!(id.len(), 16, "{out}");
     assert_eq!(lines[1], "");
     assert_eq!(lines[2], format!("ETCD_NAME=\"{name}\""));
     let initial = lines[3]
@@ -376,13 +376,13 @@ fn refusals_are_etcds() {
         fails(&e0, &["member", "add", "m6", "--peer-urls", &peer6], None),
         "Error: etcdserver: unhealthy cluster"
     );
-    // With m3 down and m5 never up, removing m2 would leave too few connected voters. m1 sees
+    // With m3 down and m5 never up, removing m2 would break the active quorum. m1 sees
     // m3 down once a send to it fails, a few heartbeats after the kill.
     let id2 = id_of(&cluster, 1);
     cluster.members[2].kill();
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(
         fails(&e0, &["member", "remove", &id2], None),
-        "Error: etcdserver: re-configuration failed due to not enough started members"
+        "Error: etcdserver: unhealthy cluster"
     );
 }

@@ -11,7 +11,8 @@
 //! | add a voter | the started voters stay a quorum with the new one (`IsReadyToAddVotingMember`) | FailedPrecondition "etcdserver: re-configuration failed due to not enough started members" |
 //! | add | every other voter connected to this member for 5 s (`isConnectedFullySince`) | Unavailable "etcdserver: unhealthy cluster" |
 //! | add | id (from peer URLs and the time, in seconds) not taken / URLs not taken / at most one learner | "etcdserver: member ID already exist" / "etcdserver: Peer URLs already exists" / "etcdserver: too many learner members in cluster" (FailedPrecondition) |
-//! | remove a voter | the started voters without it are a quorum, and, unless it is down, enough stay connected (`mayRemoveMember`) | "...not enough started members" |
+//! | remove a voter | the started voters without it are a quorum (`IsReadyToRemoveVotingMember`) | "...not enough started members" |
+//! | remove a voter that is connected | the voters connected for 5 s without it are a quorum (`mayRemoveMember`) | "etcdserver: unhealthy cluster" |
 //! | remove / update / promote | a member (a removed id too: etcd maps `ErrIDRemoved` to it) | NotFound "etcdserver: member not found" |
 //! | promote | on the leader (asked over the peer protocol from a follower), the learner's log at 90% of the leader's | FailedPrecondition "etcdserver: can only promote a learner member which is in sync with leader" |
 //! | promote | a learner; the started voters with it a quorum | "etcdserver: can only promote a learner member" / "...not enough started members" |
@@ -182,9 +183,9 @@ impl ClusterService {
                         .is_some_and(|t| since.is_some_and(|since| t <= since))
             })
             .count();
-        // etcd: `(active - 1) < 1 + (len(voters) - 1) / 2`.
+        // etcd: `(active - 1) < 1 + (len(voters) - 1) / 2` breaks the active quorum.
         if active < voters.len().saturating_sub(1) / 2 + 2 {
-            return Err(ApiError::MemberNotEnoughStarted);
+            return Err(ApiError::Unhealthy);
         }
         Ok(())
     }
