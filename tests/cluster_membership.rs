@@ -368,7 +368,7 @@ fn refusals_are_etcds() {
         "Error: etcdserver: too many learner members in cluster"
     );
     // A learner is not a voter: the cluster is still healthy for a voter.
-    member_add(&cluster, "m5", &peer5, false, &[peer4.clone()]);
+    member_add(&cluster, "m5", &peer5, false, std::slice::from_ref(&peer4));
     // A voter added but not started is not connected: the cluster is unhealthy for more.
     let m6 = cluster.new_member("m6");
     let peer6 = cluster.members[m6].peer_url();

@@ -93,8 +93,10 @@ impl Change {
 
     /// The raft change; `is_learner` says what the member of an `Update` is now.
     pub fn to_conf_change(&self, is_learner: bool) -> ConfChange {
-        let mut cc = ConfChange::default();
-        cc.node_id = self.id();
+        let mut cc = ConfChange {
+            node_id: self.id(),
+            ..ConfChange::default()
+        };
         let (change_type, context) = match self {
             Change::Add(m) => {
                 let line = MembershipImage {
@@ -293,8 +295,10 @@ mod tests {
             let cc = change.to_conf_change(learner);
             assert_eq!(Change::from_conf_change(&cc), Some(change));
         }
-        let mut foreign = ConfChange::default();
-        foreign.context = b"promote".to_vec().into();
+        let mut foreign = ConfChange {
+            context: b"promote".to_vec().into(),
+            ..ConfChange::default()
+        };
         foreign.set_change_type(ConfChangeType::RemoveNode);
         assert_eq!(Change::from_conf_change(&foreign), None);
     }

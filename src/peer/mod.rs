@@ -117,11 +117,10 @@ impl From<PeerError> for tonic::Status {
             | PeerError::UnknownMember(_)
             | PeerError::LearnerNotReady(_) => tonic::Status::failed_precondition(message),
             PeerError::Removed => tonic::Status::permission_denied(message),
-            PeerError::NotLeader => tonic::Status::unavailable(message),
             PeerError::Undecodable | PeerError::Misaddressed { .. } => {
                 tonic::Status::invalid_argument(message)
             }
-            PeerError::Stopped => tonic::Status::unavailable(message),
+            PeerError::NotLeader | PeerError::Stopped => tonic::Status::unavailable(message),
         }
     }
 }

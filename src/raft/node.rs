@@ -91,6 +91,13 @@ fn first_sequence() -> u64 {
         .map_or(1, |d| d.as_nanos() as u64)
 }
 
+/// What the application hands the loop: its state machine, transport and membership.
+type Parts = (
+    Box<dyn StateMachine>,
+    Option<Box<dyn Transport>>,
+    Option<Box<dyn Membership>>,
+);
+
 enum Payload {
     Data(Vec<u8>),
     ConfChange(Box<ConfChange>),
@@ -189,11 +196,7 @@ pub async fn run<D: Disk>(
 impl Node {
     async fn new(
         cfg: RaftConfig,
-        (sm, transport, membership): (
-            Box<dyn StateMachine>,
-            Option<Box<dyn Transport>>,
-            Option<Box<dyn Membership>>,
-        ),
+        (sm, transport, membership): Parts,
         shared: Arc<Shared>,
         wal: Wal,
         recovered: &wal::Recovered,
@@ -571,7 +574,8 @@ impl Node {
                 .filter(|&(member, _)| member == self.cfg.member_id)
                 .map(|(_, seq)| seq);
             if e.get_entry_type() != EntryType::EntryNormal {
-                self.apply_batch(std::mem::take(&mut batch), std::mem::take(&mut replies));
+                self.apply_batch(&batch, std::mem::take(&mut replies));
+                batch.clear();
                 self.applied = e.index;
                 self.drop_replaced(e.index, own_seq);
                 let waiter = own_seq.and_then(|seq| self.proposals.remove(&seq));
@@ -605,15 +609,15 @@ impl Node {
                 "a proposal below applied was never answered"
             );
         }
-        self.apply_batch(batch, replies);
+        self.apply_batch(&batch, replies);
     }
 
     /// One `StateMachine::apply` call, then the replies.
-    fn apply_batch(&mut self, batch: Vec<Committed>, replies: Vec<Option<ProposeReply>>) {
+    fn apply_batch(&mut self, batch: &[Committed], replies: Vec<Option<ProposeReply>>) {
         if batch.is_empty() {
             return;
         }
-        let results = self.sm.apply(&batch);
+        let results = self.sm.apply(batch);
         assert_eq!(
             results.len(),
             batch.len(),
