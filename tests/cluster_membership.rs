@@ -258,7 +258,53 @@ fn a_voter_joins_and_a_removed_follower_exits_and_stays_out() {
     assert!(cluster.members[victim]
         .log()
         .contains("the member has been permanently removed from the cluster"));
+
+    // The joined member restarts from its own record after a SIGKILL (the flags are ignored)
+    // with the membership as changed since it joined.
+    cluster.members[m4].kill();
+    cluster.start_joining(m4, &initial);
+    cluster.wait_leader(SETTLE_LIMIT);
+    let list = member_list(&e4);
+    assert_eq!(list.len(), 3, "{list:?}");
+    assert!(!list.iter().any(|l| l.starts_with(&victim_id)), "{list:?}");
+    ok(&e4, &["put", "k", "v4"]);
+    for m in cluster.running() {
+        wait_value(&cluster, &m.endpoint(), "k", "v4");
+    }
     cluster.wait_hashkv_equal(SETTLE_LIMIT);
+}
+
+/// A member removed while it is down misses its own removal: when it comes back, its peers
+/// refuse it, and it exits as etcd's does.
+#[test]
+fn a_member_removed_while_down_is_refused_by_its_peers() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::start(dir.path(), 3);
+    let leader = cluster.wait_leader(SETTLE_LIMIT);
+    let victim = (0..3).find(|&i| i != leader).unwrap();
+    let victim_id = id_of(&cluster, victim);
+    cluster.members[victim].kill();
+    let asker = cluster.members[leader].endpoint();
+    // A member that is down is not part of the active quorum: etcd allows its removal.
+    // Until the leader sees it down (a send fails) it counts as connected, and the connected
+    // voters must have been so for 5 s: "unhealthy cluster" meanwhile, on etcd too.
+    let removed = settle(&asker, &["member", "remove", &victim_id], &[UNHEALTHY])
+        .unwrap_or_else(|e| panic!("remove: {e}\n{}", cluster.logs()));
+    assert!(
+        removed.starts_with(&format!("Member {victim_id:>16} removed from cluster ")),
+        "{removed}"
+    );
+    ok(&asker, &["put", "after", "removal"]);
+    cluster.launch_again(victim);
+    let status = cluster.members[victim].wait_exit(SETTLE_LIMIT);
+    assert!(status.success(), "{status}");
+    let log = cluster.members[victim].log();
+    assert!(
+        log.contains("the member has been permanently removed from the cluster")
+            && log.contains("the data-dir used by this member must be removed."),
+        "{log}"
+    );
+    assert_eq!(member_list(&asker).len(), 2);
 }
 
 /// `member update` changes a member's peer URLs in every member's list (here to another name of

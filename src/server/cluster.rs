@@ -51,7 +51,11 @@ pub fn identity(
         );
         (derived, bootstrap(config, derived))
     } else {
-        join(config)?
+        let (joined, image) = join(config)?;
+        // The record first: a crash before the ids are recorded then joins again and finds it,
+        // while ids without a record would make the restart take the bootstrap path.
+        Members::load_or_record(member_dir, joined.member_id, image.clone())?;
+        (joined, image)
     };
     let ids = ids::load_or_record(member_dir, derived).map_err(|source| ServerError::DataDir {
         path: member_dir.to_owned(),
