@@ -432,3 +432,23 @@ fn refusals_are_etcds() {
         "Error: etcdserver: unhealthy cluster"
     );
 }
+
+/// A member started with `--initial-cluster-state existing` that was never added is refused
+/// before it starts: the cluster's members and its `--initial-cluster` differ in number.
+#[test]
+fn joining_without_member_add_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::start(dir.path(), 3);
+    let m4 = cluster.new_member("m4");
+    let initial = format!(
+        "{},m4={}",
+        cluster.initial_cluster,
+        cluster.members[m4].peer_url()
+    );
+    cluster.launch_joining(m4, &initial);
+    let status = cluster.members[m4].wait_exit(SETTLE_LIMIT);
+    assert!(!status.success(), "{status}");
+    let log = cluster.members[m4].log();
+    assert!(log.contains("member count is unequal"), "{log}");
+    assert_eq!(member_list(&cluster.members[0].endpoint()).len(), 3);
+}

@@ -201,8 +201,13 @@ impl Cluster {
     /// Starts member `i` with `--initial-cluster-state existing` and `initial_cluster` (what
     /// `member add` printed), and waits until it is ready.
     pub fn start_joining(&mut self, i: usize, initial_cluster: &str) {
-        self.members[i].launch_as(initial_cluster, "existing", &[]);
+        self.launch_joining(i, initial_cluster);
         self.members[i].wait_ready();
+    }
+
+    /// [`Cluster::start_joining`] without waiting (a refused member exits instead).
+    pub fn launch_joining(&mut self, i: usize, initial_cluster: &str) {
+        self.members[i].launch_as(initial_cluster, "existing", &[]);
     }
 
     /// Starts member `i` again on its data dir without waiting for it to be ready (a removed
