@@ -172,6 +172,19 @@ fn a_learner_joins_catches_up_and_is_promoted() {
         list.contains(&started_line(&id, &cluster.members[m4], true)),
         "{list:?}"
     );
+    // A learner serves serializable reads and status only.
+    for args in [
+        &["put", "x", "y"][..],
+        &["get", "before/00"][..],
+        &["member", "list"][..],
+    ] {
+        assert_eq!(
+            fails(&e4, args, None),
+            "Error: etcdserver: rpc not supported for learner",
+            "{args:?}"
+        );
+    }
+    ok(&e4, &["endpoint", "status"]);
 
     let promoted = settle(&e0, &["member", "promote", &id], &[NOT_IN_SYNC])
         .unwrap_or_else(|e| panic!("promote: {e}\n{}", cluster.logs()));

@@ -72,6 +72,9 @@ pub enum ApiError {
     /// etcd's strict reconfiguration check: a voter not connected for `HEALTH_INTERVAL`.
     #[error("etcdserver: unhealthy cluster")]
     Unhealthy,
+    /// A learner answers only Status and serializable Range (`api::learner`).
+    #[error("etcdserver: rpc not supported for learner")]
+    NotSupportedForLearner,
     /// ringkv's own: etcd has no bound on members; raft's voters are bounded here.
     #[error("etcdserver: too many members in cluster")]
     TooManyMembers,
@@ -142,7 +145,8 @@ impl ApiError {
             | ApiError::NoLeader
             | ApiError::NotLeader
             | ApiError::Timeout
-            | ApiError::Unhealthy => Code::Unavailable,
+            | ApiError::Unhealthy
+            | ApiError::NotSupportedForLearner => Code::Unavailable,
             ApiError::TooManyRequests | ApiError::Apply(ApplyError::NoSpace) => {
                 Code::ResourceExhausted
             }
@@ -310,6 +314,11 @@ mod tests {
                 ApiError::Unhealthy,
                 Code::Unavailable,
                 "etcdserver: unhealthy cluster",
+            ),
+            (
+                ApiError::NotSupportedForLearner,
+                Code::Unavailable,
+                "etcdserver: rpc not supported for learner",
             ),
         ];
         let auth = [

@@ -389,6 +389,15 @@ impl Members {
         })
     }
 
+    /// Whether `id` is a learner; cheap (no copy), as the API asks on every call.
+    pub fn is_learner(&self, id: u64) -> bool {
+        self.image
+            .read()
+            .members
+            .iter()
+            .any(|m| m.id == id && m.is_learner)
+    }
+
     pub fn is_removed(&self, id: u64) -> bool {
         self.image.read().removed.binary_search(&id).is_ok()
     }

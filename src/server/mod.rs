@@ -286,6 +286,7 @@ async fn serve(
         },
     );
     let mut servers = tokio::task::JoinSet::new();
+    let learner_gate = api::learner::LearnerGateLayer::new(members.clone(), max_decoding);
     for (url, listener) in listeners {
         let kv = KvServer::new(api::kv::KvService::new(ctx.clone()))
             .max_decoding_message_size(max_decoding)
@@ -336,10 +337,12 @@ async fn serve(
         let routes = api::http::with_fallback(routes.routes(), http.clone());
         let mut stop = stop_rx.clone();
         let local = listener.local_addr().ok();
+        let gate = learner_gate.clone();
         servers.spawn(async move {
             let result = tonic::transport::Server::builder()
                 .accept_http1(true)
                 .layer(api::traffic::GrpcTrafficLayer)
+                .layer(gate)
                 .add_routes(routes)
                 .serve_with_incoming_shutdown(no_delay(listener), async move {
                     let _ = stop.wait_for(|stop| *stop).await;
