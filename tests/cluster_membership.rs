@@ -13,6 +13,17 @@ use std::time::{Duration, Instant};
 use cluster_support::Cluster;
 use server_support::{etcdctl, fails, ok};
 
+/// One cluster at a time: each test runs four to six processes on a shared 2-core machine, and
+/// fewer processes opening connections at once make it less likely that a port `free_port`
+/// picked is taken as an ephemeral port before its member binds it.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// How long a transient refusal ("unhealthy cluster" while peers connect, a learner not yet in
 /// sync) may last before the test gives up.
 const SETTLE_LIMIT: Duration = Duration::from_secs(40);
@@ -144,6 +155,7 @@ fn wait_value(cluster: &Cluster, endpoint: &str, key: &str, value: &str) {
 /// writes through it then apply everywhere.
 #[test]
 fn a_learner_joins_catches_up_and_is_promoted() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let mut cluster = Cluster::start(dir.path(), 3);
     let e0 = cluster.members[0].endpoint();
@@ -220,6 +232,7 @@ fn a_learner_joins_catches_up_and_is_promoted() {
 /// accepting writes, and the removed member started again on its data dir is refused and exits.
 #[test]
 fn a_voter_joins_and_a_removed_follower_exits_and_stays_out() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let mut cluster = Cluster::start(dir.path(), 3);
     let e0 = cluster.members[0].endpoint();
@@ -291,6 +304,7 @@ fn a_voter_joins_and_a_removed_follower_exits_and_stays_out() {
 /// refuse it, and it exits as etcd's does.
 #[test]
 fn a_member_removed_while_down_is_refused_by_its_peers() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let mut cluster = Cluster::start(dir.path(), 3);
     let leader = cluster.wait_leader(SETTLE_LIMIT);
@@ -324,6 +338,7 @@ fn a_member_removed_while_down_is_refused_by_its_peers() {
 /// the same socket, so the member keeps working), and the cluster keeps replicating to it.
 #[test]
 fn update_changes_peer_urls() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let cluster = Cluster::start(dir.path(), 3);
     let e0 = cluster.members[0].endpoint();
@@ -378,6 +393,7 @@ fn update_changes_peer_urls() {
 /// The refusals, with etcd's exact messages.
 #[test]
 fn refusals_are_etcds() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let mut cluster = Cluster::start(dir.path(), 3);
     let e0 = cluster.members[0].endpoint();
@@ -450,6 +466,7 @@ fn refusals_are_etcds() {
 /// before it starts: the cluster's members and its `--initial-cluster` differ in number.
 #[test]
 fn joining_without_member_add_is_refused() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let mut cluster = Cluster::start(dir.path(), 3);
     let m4 = cluster.new_member("m4");

@@ -81,6 +81,14 @@ impl Membership for Record {
         r.applied.push(index);
         Ok(format!("applied {index}").into_bytes())
     }
+
+    fn snapshot(&self) -> Vec<u8> {
+        unimplemented!("no raft snapshots in this test")
+    }
+
+    fn restore(&mut self, _snapshot: &[u8]) -> Result<ConfState, String> {
+        unimplemented!("no raft snapshots in this test")
+    }
 }
 
 #[derive(Clone, Default)]

@@ -236,6 +236,38 @@ impl Membership for ClusterMembership {
         );
         Ok(Vec::new())
     }
+
+    fn snapshot(&self) -> Vec<u8> {
+        self.members.image().encode()
+    }
+
+    fn restore(&mut self, snapshot: &[u8]) -> Result<ConfState, String> {
+        let image = MembershipImage::decode(std::path::Path::new("raft snapshot"), snapshot)
+            .map_err(|e| e.to_string())?;
+        if image.conf_index < self.members.conf_index() {
+            return Err(format!(
+                "the snapshot's membership (as of index {}) is older than the record's ({})",
+                image.conf_index,
+                self.members.conf_index()
+            ));
+        }
+        let local = self.members.local_id();
+        let conf_state = image.conf_state();
+        let peers = image
+            .members
+            .iter()
+            .filter(|m| m.id != local)
+            .map(|m| (m.id, m.peer_urls.clone()))
+            .collect();
+        if image.removed.binary_search(&local).is_ok() {
+            // Removed in the meantime: keep the record (a restart refuses it) and stop.
+            self.members.mark_removed();
+            return Ok(conf_state);
+        }
+        self.members.replace(image).map_err(|e| e.to_string())?;
+        self.peers.replace_all(peers);
+        Ok(conf_state)
+    }
 }
 
 fn describe(change: &Change) -> String {
@@ -301,6 +333,58 @@ mod tests {
         };
         foreign.set_change_type(ConfChangeType::RemoveNode);
         assert_eq!(Change::from_conf_change(&foreign), None);
+    }
+
+    /// What a raft snapshot carries restores the record (durably) and raft's configuration on
+    /// another member; an older record than the member's own is refused.
+    #[test]
+    fn a_snapshot_restores_the_record_and_the_peers() {
+        let member = |id: u64| MemberInfo {
+            id,
+            name: format!("m{id}"),
+            peer_urls: vec![format!("http://127.0.0.1:{id}")],
+            client_urls: Vec::new(),
+            is_learner: false,
+        };
+        let bootstrap = MembershipImage {
+            conf_index: 0,
+            members: vec![member(1), member(2), member(3)],
+            removed: Vec::new(),
+        };
+        let (dir1, dir2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let config = super::super::PeerConfig::new(1 << 20);
+        let leader = Arc::new(Members::load_or_record(dir1.path(), 1, bootstrap.clone()).unwrap());
+        let leader = ClusterMembership::new(leader, PeerSet::new(Vec::new(), config.clone()));
+        let learner = MemberInfo {
+            is_learner: true,
+            ..member(20)
+        };
+        let mut applied = leader;
+        applied
+            .apply_conf_change(5, &Change::Add(learner).to_conf_change(true))
+            .unwrap();
+        applied
+            .apply_conf_change(6, &Change::Remove(3).to_conf_change(false))
+            .unwrap();
+        let bytes = applied.snapshot();
+
+        let members = Arc::new(Members::load_or_record(dir2.path(), 2, bootstrap).unwrap());
+        let peers = PeerSet::new(vec![(1, vec!["x".into()]), (3, vec!["y".into()])], config);
+        let mut other = ClusterMembership::new(members.clone(), peers.clone());
+        let conf_state = other.restore(&bytes).unwrap();
+        assert_eq!(
+            (conf_state.voters, conf_state.learners),
+            (vec![1, 2], vec![20])
+        );
+        assert_eq!(members.conf_index(), 6);
+        assert!(members.is_removed(3));
+        let reloaded = Members::load_or_record(dir2.path(), 2, MembershipImage::default()).unwrap();
+        assert_eq!(reloaded.image(), members.image());
+        assert!(
+            other.restore(b"conf\t1\n").is_err(),
+            "older than the record"
+        );
+        assert!(other.restore(b"garbage").is_err());
     }
 
     #[test]

@@ -43,6 +43,7 @@ pub struct PeerSet {
 
 struct Queue {
     sender: mpsc::Sender<Message>,
+    urls: Vec<String>,
     /// Distinguishes this peer's current task from one a change replaced.
     generation: u64,
 }
@@ -98,6 +99,7 @@ impl PeerSet {
             id,
             Queue {
                 sender: tx,
+                urls: urls.clone(),
                 generation,
             },
         );
@@ -120,6 +122,29 @@ impl PeerSet {
                 runtime.spawn(sender.run());
             }
             None => inner.unspawned.push(sender),
+        }
+    }
+
+    /// Sends to exactly `peers` from now on (a membership restored from a raft snapshot): the
+    /// others' tasks end, peers whose URLs did not change keep theirs.
+    pub fn replace_all(&self, peers: Vec<(u64, Vec<String>)>) {
+        let current: Vec<(u64, Vec<String>)> = {
+            let inner = self.inner.lock();
+            inner
+                .queues
+                .iter()
+                .map(|(id, q)| (*id, q.urls.clone()))
+                .collect()
+        };
+        for (id, _) in &current {
+            if !peers.iter().any(|(p, _)| p == id) {
+                self.remove_peer(*id);
+            }
+        }
+        for (id, urls) in peers {
+            if !current.contains(&(id, urls.clone())) {
+                self.set_peer(id, urls);
+            }
         }
     }
 

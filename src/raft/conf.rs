@@ -20,6 +20,13 @@ pub trait Membership: Send + 'static {
     /// `Ok(reply)`; or refuses it, changing nothing, with `Err(reply)`. The decision must depend
     /// only on the record (every member decides alike). The reply goes to the proposer.
     fn apply_conf_change(&mut self, index: u64, cc: &ConfChange) -> Result<Vec<u8>, Vec<u8>>;
+    /// The record as bytes, for a raft snapshot (taken at an index at or above `conf_index`;
+    /// the bytes carry `conf_index`).
+    fn snapshot(&self) -> Vec<u8>;
+    /// Replaces the record with one a raft snapshot carried, durably before returning, and
+    /// returns the configuration raft must take from that snapshot. Refuses bytes it cannot
+    /// read or a record older than its own.
+    fn restore(&mut self, snapshot: &[u8]) -> Result<ConfState, String>;
 }
 
 /// How far a learner's log is, on the leader.

@@ -60,7 +60,9 @@
 //! or below `conf_index`: raft never starts past a change the record lacks. A member joining an
 //! existing cluster starts from the membership and `conf_index` a peer reported, with an empty
 //! log, and replays the changes above that index when the leader sends them. A raft snapshot
-//! must carry the membership and its `conf_index` (`peer::members::MembershipImage`).
+//! must carry the membership and its `conf_index`: `Membership::snapshot` gives the bytes when
+//! one is taken, and installing one calls `Membership::restore`, which records them (and
+//! re-targets the transport) and returns the `ConfState` raft takes from the snapshot.
 //!
 //! # Restart
 //!
