@@ -32,10 +32,37 @@
 //! calls `report_unreachable`). Messages from peers come in through [`RaftHandle::step`] on the
 //! bounded request queue, and dropped ones are retransmitted by raft. Messages of a `Ready` that
 //! promise durable state (votes, append responses: `persisted_messages`) are sent only after
-//! that state is durable; a leader's appends go out before its own fdatasync. Membership is the
-//! fixed `RaftConfig::voters` (every member starts with the same `ConfState` and an empty log).
+//! that state is durable; a leader's appends go out before its own fdatasync. Without a
+//! [`Membership`] the voters are the fixed `RaftConfig::voters` (every member starts with the
+//! same `ConfState` and an empty log); with one, membership changes as below.
 //! Linearizable reads use ReadIndex on any member (a follower's request is forwarded to the
 //! leader). With one voter there is no transport and no network on the write path.
+//!
+//! # Membership changes (`conf.rs`)
+//!
+//! A change is a raft `ConfChange` (v1: one voter or learner added, removed, or promoted at a
+//! time, as etcd 3.4 does; no joint consensus) proposed through the request queue like any
+//! proposal, under a request id, with the application's description of the change in the
+//! `ConfChange::context`. When it commits, the loop hands it to the application's
+//! [`Membership`] in log order with the data entries around it (the data entries before it are
+//! applied first). The application decides, from its membership alone (so every member decides
+//! the same), whether the change applies; if it does, it records the new membership durably
+//! **before returning** (together with the change's index, `Membership::conf_index`), and the
+//! loop then calls `RawNode::apply_conf_change` and checks that raft's new `ConfState` is the
+//! one the application derives from its record. A refused change is not applied to raft
+//! (etcd applies an empty change in that case). The reply bytes go to the proposer.
+//!
+//! Restart: the `ConfState` raft starts from is the application's (`Membership::conf_state`),
+//! which reflects every change up to `conf_index`. Conf-change entries at or below
+//! `conf_index` that raft hands back (they are above the state machine's applied index) are
+//! passed over; those above are applied. Because the record is made durable before any later
+//! entry is applied, every change at or below the state machine's durable applied index is at
+//! or below `conf_index`: raft never starts past a change the record lacks. A member joining an
+//! existing cluster starts from the membership and `conf_index` a peer reported, with an empty
+//! log, and replays the changes above that index when the leader sends them. A raft snapshot
+//! must carry the membership and its `conf_index`: `Membership::snapshot` gives the bytes when
+//! one is taken, and installing one calls `Membership::restore`, which records them (and
+//! re-targets the transport) and returns the `ConfState` raft takes from the snapshot.
 //!
 //! # Restart
 //!
@@ -58,12 +85,16 @@
 //!
 //! # Limitations (issue 5 phase 1)
 //!
-//! - Membership is fixed at bootstrap; conf-change entries are never proposed.
+//! - Without a `Membership` (a member started alone), membership is fixed: conf-change
+//!   entries are never proposed.
+//! - raft-rs accepts one pending change at a time: a change proposed while another is
+//!   uncommitted becomes an empty entry and its proposer is answered `Dropped`.
 //! - There are no state-machine snapshots to send to lagging followers (`Storage::snapshot`
 //!   says "later"): a follower that needs an entry the leader has compacted does not catch up,
 //!   and the leader logs it.
 //! - A forwarded proposal lost on the way (leader change) is answered only by `Timeout`.
 
+mod conf;
 mod config;
 mod error;
 mod log;
@@ -75,8 +106,9 @@ use std::future::Future;
 use std::sync::Arc;
 
 use parking_lot::{Condvar, Mutex};
-use raft::eraftpb::Message;
+use raft::eraftpb::{ConfChange, Message};
 
+pub use conf::{LearnerProgress, Membership};
 pub use config::{RaftConfig, VOTERS_MAX};
 pub use error::RaftError;
 pub use storage::LogStore;
@@ -276,6 +308,44 @@ impl RaftHandle {
         }
     }
 
+    /// Proposes a membership change (see "Membership changes"); resolves with the
+    /// [`Membership`]'s reply once it has applied on this member. Errors as `propose`, and
+    /// `InvalidConfig` on a member without a `Membership`.
+    pub fn propose_conf_change(
+        &self,
+        change: ConfChange,
+    ) -> impl Future<Output = Result<Vec<u8>, RaftError>> + Send + 'static {
+        let inner = self.inner.clone();
+        async move {
+            let (reply, done) = futures::channel::oneshot::channel();
+            let change = Box::new(change);
+            inner
+                .shared
+                .queue
+                .push(Request::ProposeConfChange { change, reply })
+                .await?;
+            done.await.unwrap_or(Err(RaftError::Stopped))
+        }
+    }
+
+    /// The leader's view of how far member `id`'s log is (etcd checks it before promoting a
+    /// learner); `NotLeader` on any other member.
+    pub fn learner_progress(
+        &self,
+        id: u64,
+    ) -> impl Future<Output = Result<LearnerProgress, RaftError>> + Send + 'static {
+        let inner = self.inner.clone();
+        async move {
+            let (reply, done) = futures::channel::oneshot::channel();
+            inner
+                .shared
+                .queue
+                .push(Request::LearnerProgress { id, reply })
+                .await?;
+            done.await.unwrap_or(Err(RaftError::Stopped))
+        }
+    }
+
     /// Hands a raft message from a peer to the loop. Never waits: a full queue drops the message
     /// (`Overloaded`) and raft retransmits.
     pub fn step(&self, msg: Message) -> Result<(), RaftError> {
@@ -377,6 +447,19 @@ pub fn start_with_transport(
     start_with(GlommioDisk, cfg, sm, Some(transport))
 }
 
+/// [`start`] for a member whose membership changes: raft's configuration is `membership`'s
+/// (`cfg.voters` is ignored) and follows the conf changes it applies; `transport` carries
+/// messages to whichever peers that membership has.
+pub fn start_with_membership(
+    mut cfg: RaftConfig,
+    sm: Box<dyn StateMachine>,
+    transport: Box<dyn Transport>,
+    membership: Box<dyn Membership>,
+) -> Result<RaftHandle, RaftError> {
+    cfg.voters = vec![cfg.member_id];
+    start_inner(GlommioDisk, cfg, sm, Some(transport), Some(membership))
+}
+
 /// [`start`] on any disk: tests pass a `wal::sim::SimDisk`, which loses and tears unsynced
 /// writes at a simulated crash.
 pub fn start_with_disk<D: Disk + Send>(
@@ -393,6 +476,16 @@ pub fn start_with<D: Disk + Send>(
     cfg: RaftConfig,
     sm: Box<dyn StateMachine>,
     transport: Option<Box<dyn Transport>>,
+) -> Result<RaftHandle, RaftError> {
+    start_inner(disk, cfg, sm, transport, None)
+}
+
+fn start_inner<D: Disk + Send>(
+    disk: D,
+    cfg: RaftConfig,
+    sm: Box<dyn StateMachine>,
+    transport: Option<Box<dyn Transport>>,
+    membership: Option<Box<dyn Membership>>,
 ) -> Result<RaftHandle, RaftError> {
     cfg.validate()?;
     if cfg.voters.len() > 1 && transport.is_none() {
@@ -422,7 +515,16 @@ pub fn start_with<D: Disk + Send>(
         .io_memory(cfg.wal.writer_io_memory_bytes)
         .spawn(move || async move {
             let _finish = FinishGuard(thread_shared.clone());
-            node::run(disk, cfg, sm, transport, thread_shared, opened_tx).await;
+            node::run(
+                disk,
+                cfg,
+                sm,
+                transport,
+                membership,
+                thread_shared,
+                opened_tx,
+            )
+            .await;
         })
         .map_err(|e| RaftError::Io(e.into()))?;
     match opened_rx.recv() {

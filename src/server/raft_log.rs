@@ -33,7 +33,7 @@ pub struct RaftLog {
 }
 
 /// What a client is told when raft cannot carry its request, in etcd's terms.
-fn consensus_error(error: RaftError) -> ConsensusError {
+pub(super) fn consensus_error(error: RaftError) -> ConsensusError {
     match error {
         RaftError::Stopped | RaftError::Halted { .. } => ConsensusError::Stopped,
         RaftError::NotLeader { leader_id: 0 } => ConsensusError::NoLeader,
