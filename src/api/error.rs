@@ -53,6 +53,14 @@ pub enum ApiError {
     /// MoveLeader to a member that is not a voter of this cluster.
     #[error("etcdserver: bad leader transferee")]
     BadLeaderTransferee,
+    /// MoveLeader: the transferee did not take over in time. etcd has no gRPC mapping for it,
+    /// so clients see code Unknown with this text.
+    #[error("etcdserver: request timed out, leader transfer took too long")]
+    LeaderTransferTimeout,
+    /// A proposal no leader took before the request timeout: etcd's `Propose` returns the
+    /// context's error as is, so clients see code Unknown and Go's text for it.
+    #[error("context deadline exceeded")]
+    ProposeDeadlineExceeded,
     #[error("etcdserver: member not found")]
     MemberNotFound,
     #[error("etcdserver: re-configuration failed due to not enough started members")]
@@ -84,6 +92,8 @@ impl From<ConsensusError> for ApiError {
             ConsensusError::Timeout => ApiError::Timeout,
             ConsensusError::TooLarge => ApiError::RequestTooLarge,
             ConsensusError::TooManyRequests => ApiError::TooManyRequests,
+            ConsensusError::BadTransferee => ApiError::BadLeaderTransferee,
+            ConsensusError::NoLeaderTimeout => ApiError::ProposeDeadlineExceeded,
             ConsensusError::Other(message) => ApiError::Internal(message),
         }
     }
@@ -108,21 +118,22 @@ impl ApiError {
             ApiError::Apply(
                 ApplyError::Compacted | ApplyError::FutureRevision | ApplyError::LeaseTtlTooLarge,
             ) => Code::OutOfRange,
-            ApiError::Stopped | ApiError::NoLeader | ApiError::NotLeader | ApiError::Timeout => {
-                Code::Unavailable
-            }
+            ApiError::Stopped | ApiError::NoLeader | ApiError::Timeout => Code::Unavailable,
             ApiError::TooManyRequests | ApiError::Apply(ApplyError::NoSpace) => {
                 Code::ResourceExhausted
             }
             ApiError::Apply(ApplyError::LeaseExists)
+            | ApiError::NotLeader
             | ApiError::BadLeaderTransferee
             | ApiError::MemberNotEnoughStarted
             | ApiError::MemberNotLearner
             | ApiError::PeerUrlExists => Code::FailedPrecondition,
             ApiError::MembershipUnsupported(_) => Code::Unimplemented,
-            ApiError::Internal(_) | ApiError::MaintenanceAuth(_) | ApiError::Recipe(_) => {
-                Code::Unknown
-            }
+            ApiError::Internal(_)
+            | ApiError::MaintenanceAuth(_)
+            | ApiError::Recipe(_)
+            | ApiError::LeaderTransferTimeout
+            | ApiError::ProposeDeadlineExceeded => Code::Unknown,
         }
     }
 }

@@ -46,6 +46,12 @@ pub enum ConsensusError {
     TooLarge,
     #[error("too many requests")]
     TooManyRequests,
+    /// No leader took the proposal before its deadline; it was never proposed.
+    #[error("no leader within the request timeout")]
+    NoLeaderTimeout,
+    /// A leader transfer to a member that is not a voter.
+    #[error("bad leader transferee")]
+    BadTransferee,
     #[error("{0}")]
     Other(String),
 }
@@ -66,6 +72,12 @@ pub trait Consensus: Send + Sync + 'static {
     fn propose(&self, data: Vec<u8>) -> BoxFuture<'static, Result<Vec<u8>, ConsensusError>>;
     fn read_index(&self) -> BoxFuture<'static, Result<(), ConsensusError>>;
     fn status(&self) -> ConsensusStatus;
+    /// Starts handing the leadership to the voter `target` (this member must lead); resolves
+    /// once started. The caller watches `status().leader_id` for the outcome.
+    fn transfer_leader(&self, target: u64) -> BoxFuture<'static, Result<(), ConsensusError>> {
+        let _ = target;
+        Box::pin(async { Err(ConsensusError::NotLeader) })
+    }
 }
 
 /// Limits checked before a request reaches raft.

@@ -52,6 +52,8 @@ use super::{Committed, RaftConfig, RaftError, RaftStatus, Shared, StateMachine, 
 use crate::wal::disk::Disk;
 use crate::wal::{self, Record, Wal};
 
+mod lead;
+
 /// Bytes of a hard-state frame in a WAL submission.
 const HARD_STATE_FRAME_BYTES: usize = 40;
 
@@ -136,6 +138,8 @@ pub struct Node {
     commit_unpersisted: bool,
     next_tick: Instant,
     requests: Vec<Request>,
+    /// Proposals waiting for raft to accept proposals (a leader known, no transfer): `lead.rs`.
+    held: lead::Held,
 }
 
 /// Recovers the WAL on this executor, starts its writer here, builds the node, elects it (a
@@ -256,6 +260,7 @@ impl Node {
             commit_unpersisted: false,
             next_tick,
             requests: Vec::with_capacity(cfg.max_batch_entries),
+            held: lead::Held::default(),
             cfg,
         };
         node.publish_status();
@@ -291,6 +296,7 @@ impl Node {
             if closed {
                 return Ok(());
             }
+            self.release_held();
             self.issue_reads();
             if self.raw.has_ready() {
                 self.handle_ready().await?;
@@ -310,6 +316,7 @@ impl Node {
         self.raw.tick();
         self.next_tick = now + self.cfg.heartbeat;
         self.expire_requests(now);
+        self.expire_held(now);
         self.retry_reads(now);
     }
 
@@ -340,16 +347,23 @@ impl Node {
                 }
             }
             Request::Unreachable(peer) => self.raw.report_unreachable(peer),
+            Request::TransferLeader { target, reply } => self.transfer_leader(target, reply),
         }
     }
 
-    /// Proposes `data` under a new request id; on a follower raft-rs forwards it to the leader.
+    /// Proposes `data`, or holds it while raft would drop it (no leader, a leader transfer) or
+    /// while older proposals are held (`lead.rs`).
     fn propose(&mut self, data: Vec<u8>, reply: ProposeReply, deadline: Instant) {
-        let raft = &self.raw.raft;
-        if raft.leader_id == raft::INVALID_ID {
-            let _ = reply.send(Err(RaftError::NotLeader { leader_id: 0 }));
+        if !self.held.is_empty() || !self.accepts_proposals() {
+            self.hold(data, reply, deadline);
             return;
         }
+        self.propose_now(data, reply, deadline);
+    }
+
+    /// Proposes `data` under a new request id; on a follower raft-rs forwards it to the leader.
+    fn propose_now(&mut self, data: Vec<u8>, reply: ProposeReply, deadline: Instant) {
+        let raft = &self.raw.raft;
         let leader_id = raft.leader_id;
         let leading = raft.state == StateRole::Leader;
         let seq = self.next_seq;
@@ -735,6 +749,7 @@ impl Node {
         for (_, p) in std::mem::take(&mut self.proposals) {
             let _ = p.reply.send(Err(error()));
         }
+        self.fail_held(error);
         let reads = std::mem::take(&mut self.reads);
         let waiters = reads
             .unsent

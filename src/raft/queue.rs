@@ -18,6 +18,8 @@ use super::RaftError;
 
 pub type ProposeReply = oneshot::Sender<Result<Vec<u8>, RaftError>>;
 pub type ReadReply = oneshot::Sender<Result<(), RaftError>>;
+/// Answers a leader transfer once raft has started it (not once it is done).
+pub type TransferReply = oneshot::Sender<Result<(), RaftError>>;
 
 /// One request for the raft loop.
 pub enum Request {
@@ -32,6 +34,11 @@ pub enum Request {
     Step(Box<Message>),
     /// The transport could not deliver to this peer.
     Unreachable(u64),
+    /// Hand the leadership to the voter `target` (this member must lead).
+    TransferLeader {
+        target: u64,
+        reply: TransferReply,
+    },
 }
 
 impl Request {
@@ -41,7 +48,7 @@ impl Request {
             Request::Propose { reply, .. } => {
                 let _ = reply.send(Err(error()));
             }
-            Request::ReadIndex { reply } => {
+            Request::ReadIndex { reply } | Request::TransferLeader { reply, .. } => {
                 let _ = reply.send(Err(error()));
             }
             // Raft retransmits what it does not hear back about.
@@ -131,7 +138,9 @@ impl RequestQueue {
             match &request {
                 Request::Propose { data, .. } => bytes += data.len(),
                 Request::Step(m) => bytes += m.entries.iter().map(|e| e.data.len()).sum::<usize>(),
-                Request::ReadIndex { .. } | Request::Unreachable(_) => {}
+                Request::ReadIndex { .. }
+                | Request::Unreachable(_)
+                | Request::TransferLeader { .. } => {}
             }
             out.push(request);
             freed += 1;

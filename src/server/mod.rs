@@ -234,6 +234,8 @@ fn raft_config(config: &Config, wal_dir: &Path, ids: ids::Ids) -> RaftConfig {
     // The API refuses larger proposals first, with etcd's error.
     cfg.proposal_bytes_max = usize::try_from(config.max_request_bytes).unwrap_or(usize::MAX);
     cfg.snapshot_entries = config.snapshot_count.max(1);
+    // etcd's `ReqTimeout`: how long a proposal may wait, also for a leader.
+    cfg.request_timeout = std::time::Duration::from_secs(5) + 2 * config.election_timeout;
     cfg
 }
 

@@ -1,0 +1,170 @@
+//! Leadership in a three-member cluster (issue 5 phase 2): `etcdctl move-leader` hands the
+//! leadership to a voter and refuses a non-member or a follower endpoint with etcd's errors;
+//! a put made while a member knows no leader waits for one (as etcd's raft node holds
+//! proposals) and succeeds once a leader is elected, or fails with etcd's "request timed out"
+//! if none is. `RINGKV_TEST_SERVER=/usr/bin/etcd` runs the same tests on reference etcd.
+
+mod cluster_support;
+mod server_support;
+
+use std::time::{Duration, Instant};
+
+use cluster_support::{Cluster, Member};
+use ringkv_proto::etcdserverpb::maintenance_client::MaintenanceClient;
+use ringkv_proto::etcdserverpb::MoveLeaderRequest;
+use server_support::{etcdctl, fails, ok};
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn all_endpoints(cluster: &Cluster) -> String {
+    cluster
+        .members
+        .iter()
+        .map(Member::endpoint)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Polls `member`'s status until it names no leader (it has lost its leader and campaigns).
+fn wait_no_leader(member: &Member, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    loop {
+        if Cluster::status(member).is_some_and(|s| s.1 == 0) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} still names a leader after {limit:?}",
+            member.name
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn move_leader_hands_the_leadership_to_a_voter() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(dir.path(), 3);
+    let leader = cluster.wait_leader(Duration::from_secs(30));
+    let target = (leader + 1) % 3;
+    let (leader_id, target_id) = (cluster.members[leader].id(), cluster.members[target].id());
+    let all = all_endpoints(&cluster);
+
+    // etcdctl finds the leader among its endpoints and asks it.
+    assert_eq!(
+        ok(&all, &["move-leader", &format!("{target_id:x}")]),
+        format!("Leadership transferred from {leader_id:x} to {target_id:x}\n")
+    );
+    assert_eq!(cluster.wait_leader(Duration::from_secs(30)), target);
+    // Writes go on under the new leader, through every member.
+    for m in &cluster.members {
+        assert_eq!(ok(&m.endpoint(), &["put", "moved", &m.name]), "OK\n");
+    }
+
+    // Back to the old leader, then to the leader itself (a no-op in etcd).
+    assert_eq!(
+        ok(&all, &["move-leader", &format!("{leader_id:x}")]),
+        format!("Leadership transferred from {target_id:x} to {leader_id:x}\n")
+    );
+    assert_eq!(cluster.wait_leader(Duration::from_secs(30)), leader);
+    assert_eq!(
+        ok(&all, &["move-leader", &format!("{leader_id:x}")]),
+        format!("Leadership transferred from {leader_id:x} to {leader_id:x}\n")
+    );
+
+    assert_eq!(
+        fails(&all, &["move-leader", "abcdef"], None),
+        "Error: etcdserver: bad leader transferee"
+    );
+    let follower = &cluster.members[target];
+    assert_eq!(
+        fails(
+            &follower.endpoint(),
+            &["move-leader", &format!("{leader_id:x}")],
+            None
+        ),
+        format!(
+            "Error: no leader endpoint given at [{}]",
+            follower.endpoint()
+        )
+    );
+    assert_eq!(
+        fails(&all, &["move-leader", "not-hex"], None),
+        "Error: strconv.ParseUint: parsing \"not-hex\": invalid syntax"
+    );
+
+    // A follower asked directly refuses with etcd's error.
+    let status = runtime().block_on(async {
+        let channel = tonic::transport::Endpoint::from_shared(follower.endpoint())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut client = MaintenanceClient::new(channel);
+        client
+            .move_leader(MoveLeaderRequest { target_id })
+            .await
+            .unwrap_err()
+    });
+    assert_eq!(status.message(), "etcdserver: not leader");
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+    assert_eq!(cluster.wait_leader(Duration::from_secs(30)), leader);
+}
+
+#[test]
+fn a_put_without_a_leader_waits_for_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::start(dir.path(), 3);
+    let leader = cluster.wait_leader(Duration::from_secs(30));
+    let (survivor, other) = ((leader + 1) % 3, (leader + 2) % 3);
+    cluster.members[leader].pause();
+    cluster.members[other].pause();
+    wait_no_leader(&cluster.members[survivor], Duration::from_secs(30));
+
+    // No leader: the put waits (it would fail at once with "no leader" if it were not held)
+    // and succeeds once `other` is back and the two elect a leader.
+    let endpoint = cluster.members[survivor].endpoint();
+    let put = std::thread::spawn(move || etcdctl(&endpoint, &["put", "held", "v1"], None));
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(!put.is_finished(), "the put did not wait for a leader");
+    cluster.members[other].resume();
+    let out = put.join().unwrap();
+    assert!(
+        out.status.success(),
+        "put: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        cluster.logs()
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "OK\n");
+    let endpoint = cluster.members[survivor].endpoint();
+    assert_eq!(
+        ok(&endpoint, &["get", "held", "--print-value-only"]),
+        "v1\n"
+    );
+
+    // No leader for longer than the request timeout (5 s + 2 election timeouts): etcd's
+    // `Propose` returns its context's error as is, which reaches the client as code Unknown.
+    cluster.members[other].pause();
+    wait_no_leader(&cluster.members[survivor], Duration::from_secs(30));
+    assert_eq!(
+        fails(&endpoint, &["put", "held", "v2"], None),
+        "Error: rpc error: code = Unknown desc = context deadline exceeded"
+    );
+
+    cluster.members[other].resume();
+    cluster.members[leader].resume();
+    cluster.wait_leader(Duration::from_secs(30));
+    cluster.wait_hashkv_equal(Duration::from_secs(60));
+    for m in &cluster.members {
+        // The timed-out put was never proposed: no leader took it.
+        assert_eq!(
+            ok(&m.endpoint(), &["get", "held", "--print-value-only"]),
+            "v1\n"
+        );
+    }
+}
