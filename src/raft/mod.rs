@@ -226,10 +226,9 @@ impl RaftHandle {
     /// answered here when its entry applies on this member. While no leader is known (an
     /// election) or the leader is transferring its leadership, the proposal waits in the loop
     /// until one can take it (`node/lead.rs`). Errors: `EmptyProposal`, `TooLarge`,
-    /// `Overloaded` (too many proposals waiting for a leader), `Dropped`,
-    /// `Timeout` (no leader in time; may still apply; also a forwarded proposal lost in a
-    /// leader change),
-    /// `Stopped`/`Halted` (may have applied if it was in the log).
+    /// `Overloaded` (too many proposals waiting for a leader), `NoLeaderTimeout` (never
+    /// proposed), `Dropped`, `Timeout` (may still apply; also a forwarded proposal lost in a
+    /// leader change), `Stopped`/`Halted` (may have applied if it was in the log).
     pub fn propose(
         &self,
         data: Vec<u8>,
