@@ -168,3 +168,72 @@ fn a_put_without_a_leader_waits_for_one() {
         );
     }
 }
+
+/// The lease id etcdctl prints in `lease <id> granted with TTL(..)`.
+fn granted_id(out: &str) -> String {
+    out.split_whitespace().nth(1).expect("lease id").to_owned()
+}
+
+#[test]
+fn lease_keep_alive_and_time_to_live_work_through_a_follower() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(dir.path(), 3);
+    let leader = cluster.wait_leader(Duration::from_secs(30));
+    let follower = cluster.members[(leader + 1) % 3].endpoint();
+
+    let granted = ok(&follower, &["lease", "grant", "4"]);
+    let id = granted_id(&granted);
+    assert_eq!(granted, format!("lease {id} granted with TTL(4s)\n"));
+    assert_eq!(
+        ok(&follower, &["put", "leased", "v", "--lease", &id]),
+        "OK\n"
+    );
+
+    // Kept alive only through the follower for three TTLs: the leader's lessor must hear of
+    // every renewal, or it revokes the lease and its key.
+    let until = Instant::now() + Duration::from_secs(12);
+    while Instant::now() < until {
+        assert_eq!(
+            ok(&follower, &["lease", "keep-alive", "--once", &id]),
+            format!("lease {id} keepalived with TTL(4)\n")
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let ttl = ok(&follower, &["lease", "timetolive", &id, "--keys"]);
+    assert!(
+        ttl.starts_with(&format!("lease {id} granted with TTL(4s), remaining(")),
+        "{ttl}"
+    );
+    assert!(ttl.ends_with(", attached keys([leased])\n"), "{ttl}");
+    for m in &cluster.members {
+        assert_eq!(
+            ok(&m.endpoint(), &["get", "leased", "--print-value-only"]),
+            "v\n"
+        );
+    }
+
+    // Unknown leases, asked through the follower, answer as on the leader.
+    assert_eq!(
+        ok(&follower, &["lease", "timetolive", "123456"]),
+        "lease 0000000000123456 already expired\n"
+    );
+    // TTL 0 from the leader; etcdctl's client turns it into this error.
+    assert_eq!(
+        fails(
+            &follower,
+            &["lease", "keep-alive", "--once", "123456"],
+            None
+        ),
+        "Error: etcdserver: requested lease not found"
+    );
+
+    // Revoked: the follower's keep-alive learns it from the leader.
+    assert_eq!(
+        ok(&follower, &["lease", "revoke", &id]),
+        format!("lease {id} revoked\n")
+    );
+    assert_eq!(
+        ok(&follower, &["lease", "timetolive", &id]),
+        format!("lease {id} already expired\n")
+    );
+}

@@ -78,6 +78,10 @@ pub enum ApiError {
     /// The Lock and Election recipes' own errors; etcd returns them as plain errors (Unknown).
     #[error(transparent)]
     Recipe(#[from] super::recipe::RecipeError),
+    /// The leader's answer to a request this member forwarded (`lease_forward`), passed on
+    /// with its code and message.
+    #[error("{message}")]
+    Forwarded { code: i32, message: String },
     /// A storage or internal failure; etcd answers these with code Unknown and the error text.
     #[error("{0}")]
     Internal(String),
@@ -129,6 +133,7 @@ impl ApiError {
             | ApiError::MemberNotLearner
             | ApiError::PeerUrlExists => Code::FailedPrecondition,
             ApiError::MembershipUnsupported(_) => Code::Unimplemented,
+            ApiError::Forwarded { code, .. } => Code::from_i32(*code),
             ApiError::Internal(_)
             | ApiError::MaintenanceAuth(_)
             | ApiError::Recipe(_)

@@ -10,6 +10,7 @@ pub mod error;
 pub mod http;
 pub mod kv;
 pub mod lease;
+pub mod lease_forward;
 pub mod limit;
 pub mod lock;
 pub mod maintenance;

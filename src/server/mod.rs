@@ -279,6 +279,11 @@ async fn serve(
             health_timeout: std::time::Duration::from_secs(5) + 2 * config.election_timeout,
         },
     );
+    // etcd's request timeout bounds a forwarded renewal.
+    let lease_forwarder = Arc::new(api::lease_forward::LeaseForwarder::new(
+        members.clone(),
+        std::time::Duration::from_secs(5) + 2 * config.election_timeout,
+    ));
     let mut servers = tokio::task::JoinSet::new();
     for (url, listener) in listeners {
         let kv = KvServer::new(api::kv::KvService::new(ctx.clone()))
@@ -290,9 +295,10 @@ async fn serve(
         let watch = WatchServer::new(api::watch::WatchService::new(ctx.clone(), hub.clone()))
             .max_decoding_message_size(max_decoding)
             .max_encoding_message_size(usize::MAX);
-        let lease = LeaseServer::new(api::lease::LeaseService::new(
+        let lease = LeaseServer::new(api::lease::LeaseService::with_forwarder(
             ctx.clone(),
             lease_config.clone(),
+            Some(lease_forwarder.clone()),
         ))
         .max_decoding_message_size(max_decoding);
         let auth = AuthServer::new(api::auth::AuthService::new(ctx.clone()))
