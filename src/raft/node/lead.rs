@@ -14,7 +14,8 @@
 //! caller keep their order. Bounds: `proposal_queue_depth` proposals (more are refused with
 //! `Overloaded`) and each request's deadline (`request_timeout` after the loop took it:
 //! `NoLeaderTimeout`, which the API answers as etcd does: its `Propose` returns the context's
-//! own error, "context deadline exceeded", code Unknown). Unlike etcd, a proposal made during a leader transfer waits for the new leader
+//! own error, "context deadline exceeded", code Unknown). A held proposal whose caller has gone
+//! (its reply channel is closed: a client that gave up) is never proposed, as in etcd. Unlike etcd, a proposal made during a leader transfer waits for the new leader
 //! rather than failing with "raft proposal dropped".
 
 use std::collections::VecDeque;
@@ -75,6 +76,11 @@ impl Node {
             let Some(p) = self.held.proposals.pop_front() else {
                 return;
             };
+            // Its caller has given up (a client's deadline): as in etcd, whose `Propose` gives
+            // up with the caller's context, it is never proposed.
+            if p.reply.is_canceled() {
+                continue;
+            }
             self.propose_now(p.data, p.reply, p.deadline);
         }
     }
