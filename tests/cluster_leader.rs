@@ -7,11 +7,13 @@
 mod cluster_support;
 mod server_support;
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use cluster_support::{Cluster, Member};
+use ringkv_proto::etcdserverpb::kv_client::KvClient;
 use ringkv_proto::etcdserverpb::maintenance_client::MaintenanceClient;
-use ringkv_proto::etcdserverpb::MoveLeaderRequest;
+use ringkv_proto::etcdserverpb::{MoveLeaderRequest, PutRequest, RangeRequest};
 use server_support::{etcdctl, fails, ok};
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -236,4 +238,114 @@ fn lease_keep_alive_and_time_to_live_work_through_a_follower() {
         ok(&follower, &["lease", "timetolive", &id]),
         format!("lease {id} already expired\n")
     );
+}
+
+/// Puts of the load through the followers, and the acknowledged ones before the kill.
+const LOAD_WRITES: usize = 200;
+const ACKED_BEFORE_KILL: usize = 30;
+
+async fn kv_client(endpoint: &str) -> KvClient<tonic::transport::Channel> {
+    let channel = tonic::transport::Endpoint::from_shared(endpoint.to_owned())
+        .unwrap()
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(15))
+        .connect()
+        .await
+        .unwrap();
+    KvClient::new(channel)
+}
+
+/// The leader is SIGKILLed under a load of puts sent only to the followers. In phase 1 every
+/// put made during the election failed at once with "no leader"; now they wait for the new
+/// leader. The only failure allowed is etcd's "request timed out, possibly due to previous
+/// leader failure" for a put the follower had already forwarded to the dead leader (lost with
+/// it; etcd loses those too). Every
+/// acknowledged put is on both followers.
+#[test]
+fn puts_through_followers_wait_out_a_leader_kill() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::start(dir.path(), 3);
+    let leader = cluster.wait_leader(Duration::from_secs(30));
+    let followers: Vec<String> = [(leader + 1) % 3, (leader + 2) % 3]
+        .iter()
+        .map(|&i| cluster.members[i].endpoint())
+        .collect();
+    let (acked_tx, acked_rx) = std::sync::mpsc::channel::<usize>();
+    let endpoints = followers.clone();
+    let load = std::thread::spawn(move || {
+        runtime().block_on(async move {
+            let mut clients = Vec::new();
+            for e in &endpoints {
+                clients.push(kv_client(e).await);
+            }
+            let mut acked = BTreeMap::new();
+            let mut errors = Vec::new();
+            for n in 0..LOAD_WRITES {
+                let (key, value) = (format!("load/{n:05}"), format!("v{n}"));
+                let i = n % clients.len();
+                let put = clients[i].put(PutRequest {
+                    key: key.clone().into_bytes(),
+                    value: value.clone().into_bytes(),
+                    ..PutRequest::default()
+                });
+                match put.await {
+                    Ok(_) => {
+                        acked.insert(key, value);
+                        let _ = acked_tx.send(acked.len());
+                    }
+                    Err(status) => errors.push(status.message().to_owned()),
+                }
+            }
+            (acked, errors)
+        })
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while acked_rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("load stalled")
+        < ACKED_BEFORE_KILL
+    {
+        assert!(Instant::now() < deadline, "the load made no progress");
+    }
+    cluster.members[leader].kill();
+    let (acked, errors) = load.join().unwrap();
+    assert!(
+        errors
+            .iter()
+            .all(|e| e == "etcdserver: request timed out, possibly due to previous leader failure"),
+        "{errors:?}\n{}",
+        cluster.logs()
+    );
+    assert!(
+        errors.len() <= 3,
+        "more puts failed than were in flight at the kill: {errors:?}"
+    );
+    assert_eq!(acked.len() + errors.len(), LOAD_WRITES);
+    runtime().block_on(async {
+        for endpoint in &followers {
+            let resp = kv_client(endpoint)
+                .await
+                .range(RangeRequest {
+                    key: b"load/".to_vec(),
+                    range_end: b"load0".to_vec(),
+                    ..RangeRequest::default()
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            let held: BTreeMap<String, String> = resp
+                .kvs
+                .into_iter()
+                .map(|kv| {
+                    (
+                        String::from_utf8(kv.key).unwrap(),
+                        String::from_utf8(kv.value).unwrap(),
+                    )
+                })
+                .collect();
+            for (key, value) in &acked {
+                assert_eq!(held.get(key), Some(value), "{endpoint} lost {key}");
+            }
+        }
+    });
 }

@@ -50,6 +50,8 @@ pub enum ApiError {
     TooManyRequests,
     #[error("etcdserver: request timed out")]
     Timeout,
+    #[error("etcdserver: request timed out, possibly due to previous leader failure")]
+    TimeoutDueToLeaderFail,
     /// MoveLeader to a member that is not a voter of this cluster.
     #[error("etcdserver: bad leader transferee")]
     BadLeaderTransferee,
@@ -98,6 +100,7 @@ impl From<ConsensusError> for ApiError {
             ConsensusError::TooManyRequests => ApiError::TooManyRequests,
             ConsensusError::BadTransferee => ApiError::BadLeaderTransferee,
             ConsensusError::NoLeaderTimeout => ApiError::ProposeDeadlineExceeded,
+            ConsensusError::TimeoutLeaderFail => ApiError::TimeoutDueToLeaderFail,
             ConsensusError::Other(message) => ApiError::Internal(message),
         }
     }
@@ -122,7 +125,10 @@ impl ApiError {
             ApiError::Apply(
                 ApplyError::Compacted | ApplyError::FutureRevision | ApplyError::LeaseTtlTooLarge,
             ) => Code::OutOfRange,
-            ApiError::Stopped | ApiError::NoLeader | ApiError::Timeout => Code::Unavailable,
+            ApiError::Stopped
+            | ApiError::NoLeader
+            | ApiError::Timeout
+            | ApiError::TimeoutDueToLeaderFail => Code::Unavailable,
             ApiError::TooManyRequests | ApiError::Apply(ApplyError::NoSpace) => {
                 Code::ResourceExhausted
             }

@@ -47,6 +47,8 @@ pub enum ConsensusError {
     TooLarge,
     #[error("too many requests")]
     TooManyRequests,
+    #[error("request timed out, possibly due to previous leader failure")]
+    TimeoutLeaderFail,
     /// No leader took the proposal before its deadline; it was never proposed.
     #[error("no leader within the request timeout")]
     NoLeaderTimeout,

@@ -38,6 +38,11 @@ pub enum RaftError {
     #[error("raft: request timed out")]
     Timeout,
 
+    /// `Timeout`, for a proposal made shortly before the current leader was elected: most
+    /// likely lost with the previous leader (etcd's `ErrTimeoutDueToLeaderFail`).
+    #[error("raft: request timed out, possibly due to previous leader failure")]
+    TimeoutLeaderFail,
+
     /// No leader took the proposal within `RaftConfig::request_timeout`: it was never
     /// proposed, so it will not apply.
     #[error("raft: no leader within the request timeout")]

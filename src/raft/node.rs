@@ -690,7 +690,7 @@ impl Node {
             .collect();
         for seq in expired {
             let p = self.proposals.remove(&seq).expect("listed");
-            let _ = p.reply.send(Err(RaftError::Timeout));
+            let _ = p.reply.send(Err(self.timeout_error(p.deadline)));
         }
         let proposals = &self.proposals;
         self.leader_indexes

@@ -44,6 +44,7 @@ fn consensus_error(error: RaftError) -> ConsensusError {
         RaftError::Overloaded { .. } => ConsensusError::TooManyRequests,
         RaftError::BadTransferee { .. } => ConsensusError::BadTransferee,
         RaftError::NoLeaderTimeout => ConsensusError::NoLeaderTimeout,
+        RaftError::TimeoutLeaderFail => ConsensusError::TimeoutLeaderFail,
         other => ConsensusError::Other(other.to_string()),
     }
 }

@@ -34,10 +34,13 @@ struct HeldProposal {
     deadline: Instant,
 }
 
-/// Proposals waiting for a leader, oldest first.
+/// Proposals waiting for a leader, oldest first; and when the current leader was elected.
 #[derive(Default)]
 pub(super) struct Held {
     proposals: VecDeque<HeldProposal>,
+    leader_id: u64,
+    /// When this member first saw `leader_id` lead (etcd's `leadElectedTime`).
+    leader_elected_at: Option<Instant>,
 }
 
 impl Held {
@@ -72,6 +75,11 @@ impl Node {
 
     /// Proposes the held proposals, oldest first, while raft accepts them.
     pub(super) fn release_held(&mut self) {
+        let leader_id = self.raw.raft.leader_id;
+        if leader_id != raft::INVALID_ID && leader_id != self.held.leader_id {
+            self.held.leader_id = leader_id;
+            self.held.leader_elected_at = Some(Instant::now());
+        }
         while self.accepts_proposals() {
             let Some(p) = self.held.proposals.pop_front() else {
                 return;
@@ -82,6 +90,23 @@ impl Node {
                 continue;
             }
             self.propose_now(p.data, p.reply, p.deadline);
+        }
+    }
+
+    /// What a proposal with this deadline that timed out waiting for its entry is told: etcd's
+    /// rule (`parseProposeCtxErr`) blames a leader failure when the proposal was made in the
+    /// two election timeouts before the current leader was elected: it most likely went to the
+    /// failed leader and was lost with it.
+    pub(super) fn timeout_error(&self, deadline: Instant) -> RaftError {
+        let started = deadline.checked_sub(self.cfg.request_timeout);
+        let window = 2 * self.cfg.election_timeout;
+        match (started, self.held.leader_elected_at) {
+            (Some(started), Some(elected))
+                if started < elected && elected.saturating_duration_since(started) < window =>
+            {
+                RaftError::TimeoutLeaderFail
+            }
+            _ => RaftError::Timeout,
         }
     }
 
