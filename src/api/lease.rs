@@ -261,7 +261,7 @@ impl Lease for LeaseService {
         let inner = &self.inner;
         if let Some(forwarder) = inner.forwarder_for(forward) {
             let leader = || inner.ctx.consensus.status().leader_id;
-            if let Attempt::Done(result) = forwarder.time_to_live(leader, req.clone()).await {
+            if let Attempt::Done(result) = forwarder.time_to_live(leader, req).await {
                 let mut resp = result?;
                 // etcd answers with this member's header, whatever the leader's was.
                 resp.header = inner.header();

@@ -94,12 +94,9 @@ impl LeaseForwarder {
         leader: impl Fn() -> u64,
         req: LeaseTimeToLiveRequest,
     ) -> Attempt<LeaseTimeToLiveResponse> {
-        self.retry(leader, |mut client| {
-            let req = req.clone();
-            async move {
-                let request = self.mark(tonic::Request::new(req));
-                Ok(client.lease_time_to_live(request).await?.into_inner())
-            }
+        self.retry(leader, |mut client| async move {
+            let request = self.mark(tonic::Request::new(req));
+            Ok(client.lease_time_to_live(request).await?.into_inner())
         })
         .await
     }
