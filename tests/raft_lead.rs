@@ -241,3 +241,34 @@ fn a_proposal_no_leader_takes_times_out() {
         .contains(&b"never".to_vec()));
     members.shutdown();
 }
+
+/// raft-rs drops proposals on a leader while it transfers its leadership; they wait instead
+/// (etcd fails them with "raft proposal dropped"). The transferee is cut off, so the transfer
+/// hangs until raft-rs aborts it after an election timeout, and the proposals, made after the
+/// transfer started, are held for that long and then applied by the same leader.
+#[test]
+fn proposals_during_a_leader_transfer_wait_for_its_outcome() {
+    let dir = tempfile::tempdir().unwrap();
+    let members = Members::start(dir.path(), Duration::from_secs(10));
+    let leader = members.wait_leader();
+    let target = IDS.iter().copied().find(|&id| id != leader).unwrap();
+    let handle = &members.handles[idx(leader)];
+    members.router.isolated.lock().insert(target);
+    block_on(handle.transfer_leader(target)).expect("transfer started");
+    let pending: Vec<_> = (0..20)
+        .map(|i| handle.try_propose(format!("during{i}").into_bytes()))
+        .collect();
+    for p in pending {
+        block_on(p).expect("applied once the transfer is over");
+    }
+    assert_eq!(members.wait_leader(), leader);
+    let during: Vec<Vec<u8>> = members.applied[idx(leader)]
+        .data()
+        .into_iter()
+        .filter(|d| d.starts_with(b"during"))
+        .collect();
+    let expected: Vec<Vec<u8>> = (0..20).map(|i| format!("during{i}").into_bytes()).collect();
+    assert_eq!(during, expected);
+    members.router.isolated.lock().clear();
+    members.shutdown();
+}
