@@ -50,9 +50,19 @@ pub enum ApiError {
     TooManyRequests,
     #[error("etcdserver: request timed out")]
     Timeout,
+    #[error("etcdserver: request timed out, possibly due to previous leader failure")]
+    TimeoutDueToLeaderFail,
     /// MoveLeader to a member that is not a voter of this cluster.
     #[error("etcdserver: bad leader transferee")]
     BadLeaderTransferee,
+    /// MoveLeader: the transferee did not take over in time. etcd has no gRPC mapping for it,
+    /// so clients see code Unknown with this text.
+    #[error("etcdserver: request timed out, leader transfer took too long")]
+    LeaderTransferTimeout,
+    /// A proposal no leader took before the request timeout: etcd's `Propose` returns the
+    /// context's error as is, so clients see code Unknown and Go's text for it.
+    #[error("context deadline exceeded")]
+    ProposeDeadlineExceeded,
     #[error("etcdserver: member not found")]
     MemberNotFound,
     #[error("etcdserver: re-configuration failed due to not enough started members")]
@@ -85,6 +95,10 @@ pub enum ApiError {
     /// The Lock and Election recipes' own errors; etcd returns them as plain errors (Unknown).
     #[error(transparent)]
     Recipe(#[from] super::recipe::RecipeError),
+    /// The leader's answer to a request this member forwarded (`lease_forward`), passed on
+    /// with its code and message.
+    #[error("{message}")]
+    Forwarded { code: i32, message: String },
     /// A storage or internal failure; etcd answers these with code Unknown and the error text.
     #[error("{0}")]
     Internal(String),
@@ -99,6 +113,9 @@ impl From<ConsensusError> for ApiError {
             ConsensusError::Timeout => ApiError::Timeout,
             ConsensusError::TooLarge => ApiError::RequestTooLarge,
             ConsensusError::TooManyRequests => ApiError::TooManyRequests,
+            ConsensusError::BadTransferee => ApiError::BadLeaderTransferee,
+            ConsensusError::NoLeaderTimeout => ApiError::ProposeDeadlineExceeded,
+            ConsensusError::TimeoutLeaderFail => ApiError::TimeoutDueToLeaderFail,
             ConsensusError::Other(message) => ApiError::Internal(message),
         }
     }
@@ -143,14 +160,15 @@ impl ApiError {
             ) => Code::OutOfRange,
             ApiError::Stopped
             | ApiError::NoLeader
-            | ApiError::NotLeader
             | ApiError::Timeout
+            | ApiError::TimeoutDueToLeaderFail
             | ApiError::Unhealthy
             | ApiError::NotSupportedForLearner => Code::Unavailable,
             ApiError::TooManyRequests | ApiError::Apply(ApplyError::NoSpace) => {
                 Code::ResourceExhausted
             }
             ApiError::Apply(ApplyError::LeaseExists)
+            | ApiError::NotLeader
             | ApiError::BadLeaderTransferee
             | ApiError::MemberNotEnoughStarted
             | ApiError::MemberNotLearner
@@ -160,9 +178,12 @@ impl ApiError {
             | ApiError::LearnerNotReady
             | ApiError::TooManyMembers => Code::FailedPrecondition,
             ApiError::MembershipUnsupported(_) => Code::Unimplemented,
-            ApiError::Internal(_) | ApiError::MaintenanceAuth(_) | ApiError::Recipe(_) => {
-                Code::Unknown
-            }
+            ApiError::Forwarded { code, .. } => Code::from_i32(*code),
+            ApiError::Internal(_)
+            | ApiError::MaintenanceAuth(_)
+            | ApiError::Recipe(_)
+            | ApiError::LeaderTransferTimeout
+            | ApiError::ProposeDeadlineExceeded => Code::Unknown,
         }
     }
 }

@@ -1,9 +1,10 @@
 //! etcd's Lease service (LeaseGrant, LeaseRevoke, LeaseKeepAlive, LeaseTimeToLive, LeaseLeases)
 //! and the leader's expiry loop, which proposes the revokes of expired leases.
 //!
-//! Grant and revoke go through raft (`apply::lease`). KeepAlive, TimeToLive and Leases are
-//! answered from the lessor in this member's memory, on the leader only (a follower would have
-//! to forward them; ringkv has no peers yet, so it answers "not leader"). The leader's lessor is
+//! Grant and revoke go through raft (`apply::lease`). KeepAlive and TimeToLive are answered by
+//! the leader's lessor, which alone keeps deadlines: a follower forwards them to the leader
+//! (`lease_forward`) and answers with its own header, as etcd does. Leases is answered from
+//! this member's lessor (every member applies grants and revokes). The leader's lessor is
 //! promoted for its term by whichever of this service and the expiry loop notices the
 //! leadership first (`Lessor::promote` is idempotent per term).
 
@@ -24,6 +25,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::apply::entry::{ApplyError, OutcomeResult, ProposalRequest};
 use crate::lease::{LeaseConfig, LeaseError};
 
+use super::lease_forward::{Attempt, LeaseForwarder, FORWARDED_HEADER};
 use super::{ApiError, Context};
 
 pub struct LeaseService {
@@ -34,15 +36,36 @@ struct Inner {
     ctx: Arc<Context>,
     config: LeaseConfig,
     ids: IdGenerator,
+    /// Where a follower sends KeepAlive and TimeToLive; `None`: answer "not leader".
+    forwarder: Option<Arc<LeaseForwarder>>,
 }
 
 impl LeaseService {
     pub fn new(ctx: Arc<Context>, config: LeaseConfig) -> LeaseService {
+        LeaseService::with_forwarder(ctx, config, None)
+    }
+
+    /// A service whose follower forwards KeepAlive and TimeToLive through `forwarder`.
+    pub fn with_forwarder(
+        ctx: Arc<Context>,
+        config: LeaseConfig,
+        forwarder: Option<Arc<LeaseForwarder>>,
+    ) -> LeaseService {
         let ids = IdGenerator::new(ctx.member_id);
         LeaseService {
-            inner: Arc::new(Inner { ctx, config, ids }),
+            inner: Arc::new(Inner {
+                ctx,
+                config,
+                ids,
+                forwarder,
+            }),
         }
     }
+}
+
+/// Whether a request may be forwarded: not one forwarded to us already (one hop at most).
+fn may_forward<T>(request: &Request<T>) -> bool {
+    !request.metadata().contains_key(FORWARDED_HEADER)
 }
 
 impl Inner {
@@ -61,6 +84,12 @@ impl Inner {
         Ok(())
     }
 
+    /// The forwarder, if this member has one, may use it, and does not lead.
+    fn forwarder_for(&self, may_forward: bool) -> Option<&LeaseForwarder> {
+        let forwarder = self.forwarder.as_deref().filter(|_| may_forward)?;
+        (self.ctx.consensus.status().leader_id != self.ctx.member_id).then_some(forwarder)
+    }
+
     /// A header with this member's ids, term and current revision.
     fn header(&self) -> Option<ResponseHeader> {
         let mut header = Some(ResponseHeader {
@@ -77,9 +106,20 @@ impl Inner {
     async fn keep_alive(
         &self,
         req: LeaseKeepAliveRequest,
+        may_forward: bool,
     ) -> Result<LeaseKeepAliveResponse, ApiError> {
         // Before the renewal, as etcd does: the revision is never newer than the renewal.
         let header = self.header();
+        if let Some(forwarder) = self.forwarder_for(may_forward) {
+            let leader = || self.ctx.consensus.status().leader_id;
+            if let Attempt::Done(result) = forwarder.keep_alive(leader, req.id).await {
+                return result.map(|resp| LeaseKeepAliveResponse {
+                    header,
+                    id: req.id,
+                    ttl: resp.ttl,
+                });
+            }
+        }
         self.ctx.consensus.read_index().await?;
         self.primary()?;
         let ttl = match self.ctx.lessor.renew(req.id) {
@@ -191,6 +231,7 @@ impl Lease for LeaseService {
         &self,
         request: Request<Streaming<LeaseKeepAliveRequest>>,
     ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
+        let forward = may_forward(&request);
         let requests = request.into_inner();
         let inner = self.inner.clone();
         let responses = futures::stream::unfold(Some(requests), move |requests| {
@@ -201,7 +242,7 @@ impl Lease for LeaseService {
                     Ok(req) => req,
                     Err(status) => return Some((Err(status), None)),
                 };
-                match inner.keep_alive(req).await {
+                match inner.keep_alive(req, forward).await {
                     Ok(resp) => Some((Ok(resp), Some(requests))),
                     Err(error) => Some((Err(error.into()), None)),
                 }
@@ -215,8 +256,18 @@ impl Lease for LeaseService {
         &self,
         request: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
+        let forward = may_forward(&request);
         let req = request.into_inner();
         let inner = &self.inner;
+        if let Some(forwarder) = inner.forwarder_for(forward) {
+            let leader = || inner.ctx.consensus.status().leader_id;
+            if let Attempt::Done(result) = forwarder.time_to_live(leader, req).await {
+                let mut resp = result?;
+                // etcd answers with this member's header, whatever the leader's was.
+                resp.header = inner.header();
+                return Ok(Response::new(resp));
+            }
+        }
         inner
             .ctx
             .consensus

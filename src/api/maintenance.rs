@@ -1,7 +1,7 @@
 //! etcd's Maintenance service: Status, Alarm (through raft), Defragment (the page store's
 //! cleaner run to completion in bounded steps, online), Hash and HashKV (etcd's CRC-32C over
 //! its bucket contents), Snapshot (a bbolt image streamed from a pinned view, see `snapshot`),
-//! MoveLeader (single member: only to itself). Downgrade is etcd 3.5's and answers
+//! MoveLeader (raft's leader transfer, to a voter; see `move_leader`). Downgrade is etcd 3.5's and answers
 //! Unimplemented.
 //!
 //! Work that reads the whole store (snapshot, hashes, defragment) runs off the gRPC threads:
@@ -35,6 +35,12 @@ const SNAPSHOT_QUEUE_CHUNKS: usize = 4;
 /// segments, so this bounds the call while leaving room for any realistic store.
 const DEFRAG_STEPS_MAX: usize = 100_000;
 const DEFRAG_SEGMENTS_PER_STEP: usize = 4;
+/// How long MoveLeader waits for the transferee to lead: etcdctl's default command timeout.
+/// raft gives up a transfer after an election timeout, so a longer wait only waits for an
+/// answer that is already "no".
+const MOVE_LEADER_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(5);
+/// How often MoveLeader looks at the leader while it waits.
+const MOVE_LEADER_POLL: std::time::Duration = std::time::Duration::from_millis(10);
 
 pub struct MaintenanceService {
     ctx: Arc<Context>,
@@ -234,6 +240,10 @@ impl Maintenance for MaintenanceService {
         Ok(Response::new(Box::pin(stream)))
     }
 
+    /// etcd's MoveLeader: only the leader takes it ("not leader" elsewhere; etcdctl finds the
+    /// leader among its endpoints), only to a voter ("bad leader transferee"); then waits until
+    /// the transferee leads, polling the status, up to `MOVE_LEADER_WAIT_MAX` (etcd waits for
+    /// the client's deadline, which tonic also enforces here).
     async fn move_leader(
         &self,
         request: Request<MoveLeaderRequest>,
@@ -243,9 +253,17 @@ impl Maintenance for MaintenanceService {
         if self.ctx.consensus.status().leader_id != self.ctx.member_id {
             return Err(ApiError::NotLeader.into());
         }
-        // A single member: the only voter is this one, the leader already.
-        if target != self.ctx.member_id {
-            return Err(ApiError::BadLeaderTransferee.into());
+        self.ctx
+            .consensus
+            .transfer_leader(target)
+            .await
+            .map_err(ApiError::from)?;
+        let deadline = tokio::time::Instant::now() + MOVE_LEADER_WAIT_MAX;
+        while self.ctx.consensus.status().leader_id != target {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ApiError::LeaderTransferTimeout.into());
+            }
+            tokio::time::sleep(MOVE_LEADER_POLL).await;
         }
         Ok(Response::new(MoveLeaderResponse {
             header: self.ctx.header(self.ctx.mvcc.current_revision()),

@@ -11,6 +11,7 @@ pub mod http;
 pub mod kv;
 pub mod learner;
 pub mod lease;
+pub mod lease_forward;
 pub mod limit;
 pub mod lock;
 pub mod maintenance;
@@ -47,6 +48,14 @@ pub enum ConsensusError {
     TooLarge,
     #[error("too many requests")]
     TooManyRequests,
+    #[error("request timed out, possibly due to previous leader failure")]
+    TimeoutLeaderFail,
+    /// No leader took the proposal before its deadline; it was never proposed.
+    #[error("no leader within the request timeout")]
+    NoLeaderTimeout,
+    /// A leader transfer to a member that is not a voter.
+    #[error("bad leader transferee")]
+    BadTransferee,
     #[error("{0}")]
     Other(String),
 }
@@ -67,6 +76,12 @@ pub trait Consensus: Send + Sync + 'static {
     fn propose(&self, data: Vec<u8>) -> BoxFuture<'static, Result<Vec<u8>, ConsensusError>>;
     fn read_index(&self) -> BoxFuture<'static, Result<(), ConsensusError>>;
     fn status(&self) -> ConsensusStatus;
+    /// Starts handing the leadership to the voter `target` (this member must lead); resolves
+    /// once started. The caller watches `status().leader_id` for the outcome.
+    fn transfer_leader(&self, target: u64) -> BoxFuture<'static, Result<(), ConsensusError>> {
+        let _ = target;
+        Box::pin(async { Err(ConsensusError::NotLeader) })
+    }
 }
 
 /// Limits checked before a request reaches raft.

@@ -25,6 +25,10 @@ pub enum RaftError {
     #[error("raft: not leader (leader is {leader_id})")]
     NotLeader { leader_id: u64 },
 
+    /// A leader transfer to a member that is not a voter of this cluster.
+    #[error("raft: {target:x} is not a voter to transfer the leadership to")]
+    BadTransferee { target: u64 },
+
     /// The proposal's log slot was taken by another entry (a new leader rewrote the log tail)
     /// before it committed: it was not applied.
     #[error("raft: proposal dropped: its entry at index {index} was replaced")]
@@ -33,6 +37,16 @@ pub enum RaftError {
     /// No answer within `RaftConfig::request_timeout`. A proposal may still be applied later.
     #[error("raft: request timed out")]
     Timeout,
+
+    /// `Timeout`, for a proposal made shortly before the current leader was elected: most
+    /// likely lost with the previous leader (etcd's `ErrTimeoutDueToLeaderFail`).
+    #[error("raft: request timed out, possibly due to previous leader failure")]
+    TimeoutLeaderFail,
+
+    /// No leader took the proposal within `RaftConfig::request_timeout`: it was never
+    /// proposed, so it will not apply.
+    #[error("raft: no leader within the request timeout")]
+    NoLeaderTimeout,
 
     /// Proposals must carry data: empty entries are raft's own (leader no-op) and are never
     /// passed to the state machine.

@@ -93,6 +93,14 @@
 //!   says "later"): a follower that needs an entry the leader has compacted does not catch up,
 //!   and the leader logs it.
 //! - A forwarded proposal lost on the way (leader change) is answered only by `Timeout`.
+//!
+//! # Leadership (issue 5 phase 2)
+//!
+//! A proposal made while raft-rs would drop it (no leader known, or a leader transferring its
+//! leadership) waits in the loop, bounded in count and by its deadline, and is proposed once a
+//! leader is known, as etcd's raft node holds proposals while it has no leader.
+//! [`RaftHandle::transfer_leader`] starts raft-rs's leader transfer (etcd's MoveLeader).
+//! See `node/lead.rs`.
 
 mod conf;
 mod config;
@@ -247,10 +255,12 @@ impl RaftHandle {
     /// for room rather than failing, which is kinder to clients than an error they must retry;
     /// [`RaftHandle::try_propose`] fails with `Overloaded` instead. The request is queued when
     /// the future is first polled. On a follower the proposal is forwarded to the leader and
-    /// answered here when its entry applies on this member. Errors: `EmptyProposal`,
-    /// `TooLarge`, `NotLeader` (no leader known, or one transferring leadership), `Dropped`,
-    /// `Timeout` (may still apply; also a forwarded proposal lost in a leader change),
-    /// `Stopped`/`Halted` (may have applied if it was in the log).
+    /// answered here when its entry applies on this member. While no leader is known (an
+    /// election) or the leader is transferring its leadership, the proposal waits in the loop
+    /// until one can take it (`node/lead.rs`). Errors: `EmptyProposal`, `TooLarge`,
+    /// `Overloaded` (too many proposals waiting for a leader), `NoLeaderTimeout` (never
+    /// proposed), `Dropped`, `Timeout` (may still apply; also a forwarded proposal lost in a
+    /// leader change), `Stopped`/`Halted` (may have applied if it was in the log).
     pub fn propose(
         &self,
         data: Vec<u8>,
@@ -341,6 +351,26 @@ impl RaftHandle {
                 .shared
                 .queue
                 .push(Request::LearnerProgress { id, reply })
+                .await?;
+            done.await.unwrap_or(Err(RaftError::Stopped))
+        }
+    }
+
+    /// Starts handing the leadership to the voter `target`; resolves once raft has started the
+    /// transfer, not once it is done: watch [`RaftHandle::status`] for the new leader (raft
+    /// gives up after an election timeout if `target` cannot take over). Errors: `NotLeader`,
+    /// `BadTransferee` (not a voter). Proposals made meanwhile wait for the new leader.
+    pub fn transfer_leader(
+        &self,
+        target: u64,
+    ) -> impl Future<Output = Result<(), RaftError>> + Send + 'static {
+        let inner = self.inner.clone();
+        async move {
+            let (reply, done) = futures::channel::oneshot::channel();
+            inner
+                .shared
+                .queue
+                .push(Request::TransferLeader { target, reply })
                 .await?;
             done.await.unwrap_or(Err(RaftError::Stopped))
         }

@@ -53,6 +53,8 @@ use super::{Committed, RaftConfig, RaftError, RaftStatus, Shared, StateMachine, 
 use crate::wal::disk::Disk;
 use crate::wal::{self, Record, Wal};
 
+mod lead;
+
 /// Bytes of a hard-state frame in a WAL submission.
 const HARD_STATE_FRAME_BYTES: usize = 40;
 
@@ -151,6 +153,8 @@ pub struct Node {
     commit_unpersisted: bool,
     next_tick: Instant,
     requests: Vec<Request>,
+    /// Proposals waiting for raft to accept proposals (a leader known, no transfer): `lead.rs`.
+    held: lead::Held,
 }
 
 /// Recovers the WAL on this executor, starts its writer here, builds the node, elects it (a
@@ -277,6 +281,7 @@ impl Node {
             commit_unpersisted: false,
             next_tick,
             requests: Vec::with_capacity(cfg.max_batch_entries),
+            held: lead::Held::default(),
             cfg,
         };
         node.publish_status();
@@ -313,6 +318,7 @@ impl Node {
             if closed {
                 return Ok(());
             }
+            self.release_held();
             self.issue_reads();
             if self.raw.has_ready() {
                 self.handle_ready().await?;
@@ -332,6 +338,7 @@ impl Node {
         self.raw.tick();
         self.next_tick = now + self.cfg.heartbeat;
         self.expire_requests(now);
+        self.expire_held(now);
         self.retry_reads(now);
     }
 
@@ -375,17 +382,24 @@ impl Node {
                 }
             }
             Request::Unreachable(peer) => self.raw.report_unreachable(peer),
+            Request::TransferLeader { target, reply } => self.transfer_leader(target, reply),
         }
+    }
+
+    /// Proposes `payload`, or holds it while raft would drop it (no leader, a leader transfer)
+    /// or while older proposals are held (`lead.rs`).
+    fn propose(&mut self, payload: Payload, reply: ProposeReply, deadline: Instant) {
+        if !self.held.is_empty() || !self.accepts_proposals() {
+            self.hold(payload, reply, deadline);
+            return;
+        }
+        self.propose_now(payload, reply, deadline);
     }
 
     /// Proposes `payload` under a new request id; on a follower raft-rs forwards it to the
     /// leader.
-    fn propose(&mut self, payload: Payload, reply: ProposeReply, deadline: Instant) {
+    fn propose_now(&mut self, payload: Payload, reply: ProposeReply, deadline: Instant) {
         let raft = &self.raw.raft;
-        if raft.leader_id == raft::INVALID_ID {
-            let _ = reply.send(Err(RaftError::NotLeader { leader_id: 0 }));
-            return;
-        }
         let leader_id = raft.leader_id;
         let leading = raft.state == StateRole::Leader;
         let seq = self.next_seq;
@@ -746,7 +760,7 @@ impl Node {
             .collect();
         for seq in expired {
             let p = self.proposals.remove(&seq).expect("listed");
-            let _ = p.reply.send(Err(RaftError::Timeout));
+            let _ = p.reply.send(Err(self.timeout_error(p.deadline)));
         }
         let proposals = &self.proposals;
         self.leader_indexes
@@ -805,6 +819,7 @@ impl Node {
         for (_, p) in std::mem::take(&mut self.proposals) {
             let _ = p.reply.send(Err(error()));
         }
+        self.fail_held(error);
         let reads = std::mem::take(&mut self.reads);
         let waiters = reads
             .unsent

@@ -20,6 +20,8 @@ use super::RaftError;
 pub type ProposeReply = oneshot::Sender<Result<Vec<u8>, RaftError>>;
 pub type ReadReply = oneshot::Sender<Result<(), RaftError>>;
 pub type ProgressReply = oneshot::Sender<Result<LearnerProgress, RaftError>>;
+/// Answers a leader transfer once raft has started it (not once it is done).
+pub type TransferReply = oneshot::Sender<Result<(), RaftError>>;
 
 /// One request for the raft loop.
 pub enum Request {
@@ -44,6 +46,11 @@ pub enum Request {
     Step(Box<Message>),
     /// The transport could not deliver to this peer.
     Unreachable(u64),
+    /// Hand the leadership to the voter `target` (this member must lead).
+    TransferLeader {
+        target: u64,
+        reply: TransferReply,
+    },
 }
 
 impl Request {
@@ -56,7 +63,7 @@ impl Request {
             Request::LearnerProgress { reply, .. } => {
                 let _ = reply.send(Err(error()));
             }
-            Request::ReadIndex { reply } => {
+            Request::ReadIndex { reply } | Request::TransferLeader { reply, .. } => {
                 let _ = reply.send(Err(error()));
             }
             // Raft retransmits what it does not hear back about.
@@ -149,7 +156,8 @@ impl RequestQueue {
                 Request::ProposeConfChange { change, .. } => bytes += change.context.len(),
                 Request::ReadIndex { .. }
                 | Request::LearnerProgress { .. }
-                | Request::Unreachable(_) => {}
+                | Request::Unreachable(_)
+                | Request::TransferLeader { .. } => {}
             }
             out.push(request);
             freed += 1;

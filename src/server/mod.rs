@@ -242,6 +242,8 @@ fn raft_config(config: &Config, wal_dir: &Path, ids: ids::Ids) -> RaftConfig {
     // The API refuses larger proposals first, with etcd's error.
     cfg.proposal_bytes_max = usize::try_from(config.max_request_bytes).unwrap_or(usize::MAX);
     cfg.snapshot_entries = config.snapshot_count.max(1);
+    // etcd's `ReqTimeout`: how long a proposal may wait, also for a leader.
+    cfg.request_timeout = std::time::Duration::from_secs(5) + 2 * config.election_timeout;
     cfg
 }
 
@@ -285,6 +287,11 @@ async fn serve(
             health_timeout: std::time::Duration::from_secs(5) + 2 * config.election_timeout,
         },
     );
+    // etcd's request timeout bounds a forwarded renewal.
+    let lease_forwarder = Arc::new(api::lease_forward::LeaseForwarder::new(
+        members.clone(),
+        std::time::Duration::from_secs(5) + 2 * config.election_timeout,
+    ));
     let mut servers = tokio::task::JoinSet::new();
     let learner_gate = api::learner::LearnerGateLayer::new(members.clone(), max_decoding);
     for (url, listener) in listeners {
@@ -297,9 +304,10 @@ async fn serve(
         let watch = WatchServer::new(api::watch::WatchService::new(ctx.clone(), hub.clone()))
             .max_decoding_message_size(max_decoding)
             .max_encoding_message_size(usize::MAX);
-        let lease = LeaseServer::new(api::lease::LeaseService::new(
+        let lease = LeaseServer::new(api::lease::LeaseService::with_forwarder(
             ctx.clone(),
             lease_config.clone(),
+            Some(lease_forwarder.clone()),
         ))
         .max_decoding_message_size(max_decoding);
         let auth = AuthServer::new(api::auth::AuthService::new(ctx.clone()))

@@ -42,6 +42,9 @@ pub(super) fn consensus_error(error: RaftError) -> ConsensusError {
         RaftError::Timeout | RaftError::Dropped { .. } => ConsensusError::Timeout,
         RaftError::TooLarge { .. } => ConsensusError::TooLarge,
         RaftError::Overloaded { .. } => ConsensusError::TooManyRequests,
+        RaftError::BadTransferee { .. } => ConsensusError::BadTransferee,
+        RaftError::NoLeaderTimeout => ConsensusError::NoLeaderTimeout,
+        RaftError::TimeoutLeaderFail => ConsensusError::TimeoutLeaderFail,
         other => ConsensusError::Other(other.to_string()),
     }
 }
@@ -64,6 +67,13 @@ impl Consensus for RaftLog {
     fn read_index(&self) -> BoxFuture<'static, Result<(), ConsensusError>> {
         self.handle
             .read_index()
+            .map(|result| result.map_err(consensus_error))
+            .boxed()
+    }
+
+    fn transfer_leader(&self, target: u64) -> BoxFuture<'static, Result<(), ConsensusError>> {
+        self.handle
+            .transfer_leader(target)
             .map(|result| result.map_err(consensus_error))
             .boxed()
     }

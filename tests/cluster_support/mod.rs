@@ -26,6 +26,8 @@ pub struct Member {
     child: Option<Child>,
     log_path: PathBuf,
     starts: u32,
+    /// Stopped with SIGSTOP (`pause`) and not yet continued.
+    paused: bool,
 }
 
 impl Member {
@@ -37,8 +39,36 @@ impl Member {
         format!("http://127.0.0.1:{}", self.peer_port)
     }
 
+    /// Started, and not paused.
     pub fn is_running(&self) -> bool {
-        self.child.is_some()
+        self.child.is_some() && !self.paused
+    }
+
+    /// SIGSTOP: the process keeps its sockets but answers nothing (a partitioned member, as
+    /// its peers and clients see it).
+    pub fn pause(&mut self) {
+        assert!(!self.paused);
+        self.signal(libc::SIGSTOP);
+        self.paused = true;
+    }
+
+    /// SIGCONT after `pause`.
+    pub fn resume(&mut self) {
+        assert!(self.paused);
+        self.signal(libc::SIGCONT);
+        self.paused = false;
+    }
+
+    fn signal(&self, signal: libc::c_int) {
+        let pid = self.child.as_ref().expect("member running").id();
+        // SAFETY: kill(2) on our own child, which has not been reaped.
+        let rc = unsafe { libc::kill(pid as libc::pid_t, signal) };
+        assert_eq!(rc, 0, "kill({pid}, {signal})");
+    }
+
+    /// This member's id, from its `endpoint status`.
+    pub fn id(&self) -> u64 {
+        Cluster::status(self).expect("endpoint status").0
     }
 
     pub fn log(&self) -> String {
@@ -122,6 +152,9 @@ impl Member {
 
     /// SIGKILL, then reap.
     pub fn kill(&mut self) {
+        if self.paused {
+            self.resume();
+        }
         let mut child = self.child.take().expect("member running");
         child.kill().unwrap();
         child.wait().unwrap();
@@ -155,6 +188,7 @@ impl Cluster {
                 child: None,
                 log_path: PathBuf::new(),
                 starts: 0,
+                paused: false,
             })
             .collect();
         let initial_cluster = members
@@ -235,7 +269,8 @@ impl Cluster {
         let s = &v[0]["Status"];
         Some((
             s["header"]["member_id"].as_u64()?,
-            s["leader"].as_u64()?,
+            // etcd's JSON leaves out a zero leader.
+            s["leader"].as_u64().unwrap_or(0),
             s["header"]["raft_term"].as_u64()?,
         ))
     }
