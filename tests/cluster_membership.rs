@@ -196,7 +196,12 @@ fn a_learner_joins_catches_up_and_is_promoted() {
             "{args:?}"
         );
     }
-    ok(&e4, &["endpoint", "status"]);
+    let is_learner = |endpoint: &str| {
+        server_support::json(endpoint, &["endpoint", "status"])[0]["Status"]["isLearner"]
+            .as_bool()
+            .unwrap_or(false)
+    };
+    assert!(is_learner(&e4), "a learner's Status says it is one");
 
     let promoted = settle(&e0, &["member", "promote", &id], &[NOT_IN_SYNC])
         .unwrap_or_else(|e| panic!("promote: {e}\n{}", cluster.logs()));
@@ -219,6 +224,10 @@ fn a_learner_joins_catches_up_and_is_promoted() {
     assert_eq!(
         fails(&e0, &["member", "promote", &id], None),
         "Error: etcdserver: can only promote a learner member"
+    );
+    assert!(
+        !is_learner(&e4),
+        "a promoted member's Status says it is a voter"
     );
     ok(&e4, &["put", "after", "promoted"]);
     for m in cluster.running() {

@@ -23,6 +23,7 @@ use tonic::{Request, Response, Status};
 
 use crate::apply::entry::{ApplyError, Outcome, OutcomeResult, Proposal, ProposalRequest};
 use crate::mvcc::MvccError;
+use crate::peer::Members;
 use crate::snapshot::{self, SnapshotError};
 
 use super::{quota, ApiError, Context};
@@ -44,11 +45,13 @@ const MOVE_LEADER_POLL: std::time::Duration = std::time::Duration::from_millis(1
 
 pub struct MaintenanceService {
     ctx: Arc<Context>,
+    members: Arc<Members>,
 }
 
 impl MaintenanceService {
-    pub fn new(ctx: Arc<Context>) -> MaintenanceService {
-        MaintenanceService { ctx }
+    /// `members` answers Status's `isLearner` for this member.
+    pub fn new(ctx: Arc<Context>, members: Arc<Members>) -> MaintenanceService {
+        MaintenanceService { ctx, members }
     }
 
     /// etcd's `authMaintenanceServer`: these RPCs are for admins (the root role) only.
@@ -121,7 +124,7 @@ impl Maintenance for MaintenanceService {
             raft_applied_index: raft.applied_index,
             db_size_in_use: space.live_bytes as i64,
             errors,
-            is_learner: false,
+            is_learner: self.members.is_learner(self.members.local_id()),
             ..StatusResponse::default()
         }))
     }

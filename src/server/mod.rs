@@ -298,9 +298,11 @@ async fn serve(
         let kv = KvServer::new(api::kv::KvService::new(ctx.clone()))
             .max_decoding_message_size(max_decoding)
             .max_encoding_message_size(usize::MAX);
-        let maintenance =
-            MaintenanceServer::new(api::maintenance::MaintenanceService::new(ctx.clone()))
-                .max_decoding_message_size(max_decoding);
+        let maintenance = MaintenanceServer::new(api::maintenance::MaintenanceService::new(
+            ctx.clone(),
+            members.clone(),
+        ))
+        .max_decoding_message_size(max_decoding);
         let watch = WatchServer::new(api::watch::WatchService::new(ctx.clone(), hub.clone()))
             .max_decoding_message_size(max_decoding)
             .max_encoding_message_size(usize::MAX);

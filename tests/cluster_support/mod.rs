@@ -228,6 +228,7 @@ impl Cluster {
             child: None,
             log_path: PathBuf::new(),
             starts: 0,
+            paused: false,
         });
         self.members.len() - 1
     }
