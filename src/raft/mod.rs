@@ -69,6 +69,7 @@ mod error;
 mod log;
 mod node;
 mod queue;
+pub mod sim;
 pub mod storage;
 
 use std::future::Future;
