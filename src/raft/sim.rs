@@ -88,6 +88,9 @@ pub enum Fault {
     /// crash it loses its whole log and state machine, after it has acknowledged appends and
     /// votes (breaks check 1 or 2 once a quorum without the lost entries elects a leader).
     LyingDisk,
+    /// Every member sends `persisted_messages` (votes, append responses) before its hard state
+    /// and entries are durable: a crash in between breaks the promises they made.
+    EarlyPersistedMessages,
 }
 
 /// One simulation run.
@@ -130,6 +133,12 @@ pub struct SimReport {
     pub dropped: u64,
     pub duplicated: u64,
     pub partitions: u64,
+    /// Members stopped for a while (not crashed), their messages waiting.
+    pub pauses: u64,
+    /// Restarts whose WAL recovery zeroed a torn batch.
+    pub repaired_tails: u64,
+    /// Acknowledged proposals that a follower forwarded to the leader.
+    pub acked_via_follower: u64,
     /// Last index every member applied at the end.
     pub last_index: u64,
     pub drain_ms: u64,
@@ -231,8 +240,9 @@ impl StateMachine {
 struct Running {
     raw: RawNode<LogStore>,
     wal: Wal,
-    /// This incarnation's proposals, by sequence, waiting for their entry to apply: proposal ids.
-    waiting: HashMap<u64, u64>,
+    /// This incarnation's proposals, by sequence, waiting for their entry to apply: proposal ids,
+    /// and whether this member was a follower when it was proposed.
+    waiting: HashMap<u64, (u64, bool)>,
     next_seq: u64,
     /// Last index handed to the state machine or passed over.
     applied: u64,
@@ -255,6 +265,9 @@ struct Member {
     incarnation: u64,
     /// A crash is armed at a future disk operation.
     armed: bool,
+    /// The process is stopped (a long GC or SIGSTOP) until then: it neither ticks nor reads
+    /// messages, which wait for it.
+    paused_until_ms: u64,
 }
 
 struct Packet {
@@ -357,6 +370,7 @@ impl Sim {
                     restart_at_ms: 0,
                     incarnation: 0,
                     armed: false,
+                    paused_until_ms: 0,
                 }
             })
             .collect();
@@ -417,14 +431,18 @@ impl Sim {
                 self.crash(m, "power loss at an armed disk operation");
             }
         }
-        self.deliver();
+        self.deliver()?;
         for m in 0..self.members.len() {
             let now = self.now_ms;
+            if self.members[m].paused_until_ms > now {
+                continue;
+            }
             if let Some(node) = self.members[m].node.as_mut() {
                 if now >= node.next_tick_ms {
                     node.raw.tick();
                     node.fix_election_timeout();
                     node.next_tick_ms = now + node.tick_ms;
+                    self.check_leader(m)?;
                 }
             }
         }
@@ -434,12 +452,14 @@ impl Sim {
             order.swap(i, self.rng.gen_range(0..=i));
         }
         for m in order {
-            self.handle_readies(m).await?;
+            if self.members[m].paused_until_ms <= self.now_ms {
+                self.handle_readies(m).await?;
+            }
         }
-        self.check_leaders()
+        Ok(())
     }
 
-    fn deliver(&mut self) {
+    fn deliver(&mut self) -> Check {
         while let Some(entry) = self.net.queue.first_entry() {
             if entry.key().0 > self.now_ms {
                 break;
@@ -449,14 +469,24 @@ impl Sim {
                 self.report.dropped += 1;
                 continue;
             }
-            let Some(node) = self.members[(p.to - 1) as usize].node.as_mut() else {
+            let m = (p.to - 1) as usize;
+            let paused_until_ms = self.members[m].paused_until_ms;
+            if paused_until_ms > self.now_ms {
+                // A paused process reads its socket when it resumes.
+                self.net.sent += 1;
+                self.net.queue.insert((paused_until_ms, self.net.sent), p);
+                continue;
+            }
+            let Some(node) = self.members[m].node.as_mut() else {
                 continue;
             };
             // raft judges stale or unknown messages; an error is not the loop's failure (as in
             // node.rs).
             let _ = node.raw.step(p.msg);
             node.fix_election_timeout();
+            self.check_leader(m)?;
         }
+        Ok(())
     }
 
     fn send(&mut self, msgs: Vec<Message>) {
@@ -528,6 +558,15 @@ impl Sim {
         if self.rng.gen_bool(self.partition_p) {
             self.partition();
         }
+        if self.rng.gen_bool(self.crash_p) {
+            let m = self.rng.gen_range(0..self.members.len());
+            let pause_ms = self.rng.gen_range(10..=300);
+            if self.members[m].node.is_some() && self.members[m].paused_until_ms <= now {
+                self.members[m].paused_until_ms = now + pause_ms;
+                self.report.pauses += 1;
+                self.event(format!("member {} paused for {pause_ms} ms", m + 1));
+            }
+        }
         if self.rng.gen_bool(self.propose_p) {
             let m = self.rng.gen_range(0..self.members.len());
             self.propose(m);
@@ -586,6 +625,10 @@ impl Sim {
         data.resize(data.len() + filler, b'.');
         let member_id = self.members[m].cfg.member_id;
         let fault = self.opts.fault;
+        if self.members[m].paused_until_ms > self.now_ms {
+            self.report.rejected += 1;
+            return;
+        }
         let Some(node) = self.members[m].node.as_mut() else {
             self.report.rejected += 1;
             return;
@@ -606,7 +649,7 @@ impl Sim {
             return;
         }
         node.fix_election_timeout();
-        node.waiting.insert(seq, id);
+        node.waiting.insert(seq, (id, !leading));
         if fault == Fault::AckOnAppend && leading {
             self.ack(id, data);
         }
@@ -662,6 +705,7 @@ impl Sim {
                 .await
                 .map_err(|e| format!("member {id}: WAL recovery failed: {e}"))?;
         glommio::spawn_local(writer.run()).detach();
+        let repaired_tail = recovered.repaired_tail.is_some();
         match recovered.metadata {
             Some(meta) if meta.member_id != id || meta.cluster_id != CLUSTER_ID => {
                 return Err(format!(
@@ -713,6 +757,7 @@ impl Sim {
         node.fix_election_timeout();
         member.node = Some(node);
         let incarnation = member.incarnation;
+        self.report.repaired_tails += u64::from(repaired_tail);
         self.event(format!(
             "member {id} started (incarnation {incarnation}, log to {last_index}, applied \
              {sm_applied})"
@@ -732,12 +777,20 @@ impl Sim {
             }
             let mut out = Vec::new();
             let mut acks = Vec::new();
-            let outcome =
-                handle_ready(&mut self.members[m], &mut self.check, &mut out, &mut acks).await?;
+            let outcome = handle_ready(
+                &mut self.members[m],
+                &mut self.check,
+                self.opts.fault,
+                &mut out,
+                &mut acks,
+            )
+            .await?;
             self.send(out);
-            for (id, data) in acks {
+            for (id, data, via_follower) in acks {
+                self.report.acked_via_follower += u64::from(via_follower);
                 self.ack(id, data);
             }
+            self.check_leader(m)?;
             if let Outcome::DiskFailed = outcome {
                 self.crash(m, "its disk failed during a WAL write");
                 return Ok(());
@@ -749,31 +802,28 @@ impl Sim {
         ))
     }
 
-    /// Check (4): one leader per term.
-    fn check_leaders(&mut self) -> Check {
-        for m in 0..self.members.len() {
-            let Some(node) = self.members[m].node.as_ref() else {
-                continue;
-            };
-            if node.raw.raft.state != StateRole::Leader {
-                continue;
-            }
-            let (term, id) = (node.raw.raft.term, node.raw.raft.id);
-            match self.check.leaders.get(&term) {
-                Some(&other) if other != id => {
-                    return Err(format!(
-                        "check 4: members {other} and {id} both led term {term}"
-                    ));
-                }
-                Some(_) => {}
-                None => {
-                    self.check.leaders.insert(term, id);
-                    self.report.leader_terms += 1;
-                    self.event(format!("member {id} leads term {term}"));
-                }
+    /// Check (4): one leader per term. Called after every call into member `m`'s raft that
+    /// can make it leader.
+    fn check_leader(&mut self, m: usize) -> Check {
+        let Some(node) = self.members[m].node.as_ref() else {
+            return Ok(());
+        };
+        if node.raw.raft.state != StateRole::Leader {
+            return Ok(());
+        }
+        let (term, id) = (node.raw.raft.term, node.raw.raft.id);
+        match self.check.leaders.get(&term) {
+            Some(&other) if other != id => Err(format!(
+                "check 4: members {other} and {id} both led term {term}"
+            )),
+            Some(_) => Ok(()),
+            None => {
+                self.check.leaders.insert(term, id);
+                self.report.leader_terms += 1;
+                self.event(format!("member {id} leads term {term}"));
+                Ok(())
             }
         }
-        Ok(())
     }
 
     /// Heals everything, restarts every member, and runs until all have applied the same last
@@ -785,6 +835,7 @@ impl Sim {
         self.net.dup_p = 0.0;
         self.net.delay_ms_max = self.net.delay_ms_max.min(5);
         for m in 0..self.members.len() {
+            self.members[m].paused_until_ms = 0;
             if self.members[m].armed {
                 // The armed crash would fire during the drain: take it now instead.
                 self.crash(m, "armed crash taken before the drain");
@@ -918,13 +969,17 @@ impl Running {
 async fn handle_ready(
     member: &mut Member,
     check: &mut Checker,
+    fault: Fault,
     out: &mut Vec<Message>,
-    acks: &mut Vec<(u64, Vec<u8>)>,
+    acks: &mut Vec<(u64, Vec<u8>, bool)>,
 ) -> Check<Outcome> {
     let id = member.cfg.member_id;
     let node = member.node.as_mut().expect("a running member");
     let mut rd = node.raw.ready();
     out.extend(rd.take_messages());
+    if fault == Fault::EarlyPersistedMessages {
+        out.extend(rd.take_persisted_messages());
+    }
     if !rd.snapshot().is_empty() {
         return Err(format!(
             "member {id} was sent a snapshot, but none is ever taken"
@@ -1022,7 +1077,7 @@ fn apply(
     id: u64,
     entries: Vec<Entry>,
     check: &mut Checker,
-    acks: &mut Vec<(u64, Vec<u8>)>,
+    acks: &mut Vec<(u64, Vec<u8>, bool)>,
 ) -> Check {
     for e in entries {
         if e.index != node.applied + 1 {
@@ -1075,8 +1130,8 @@ fn apply(
             term: e.term,
             data: e.data.to_vec(),
         });
-        if let Some(proposal) = waiter {
-            acks.push((proposal, e.data.to_vec()));
+        if let Some((proposal, via_follower)) = waiter {
+            acks.push((proposal, e.data.to_vec(), via_follower));
         }
     }
     Ok(())
