@@ -70,6 +70,7 @@ fn seeded_runs_agree_and_lose_no_acknowledged_proposal() {
         total.partitions += report.partitions;
         total.repaired_tails += report.repaired_tails;
         total.pauses += report.pauses;
+        total.rolled_back += report.rolled_back;
         total.acked_via_follower += report.acked_via_follower;
         total.last_index += report.last_index;
         total.drain_ms = total.drain_ms.max(report.drain_ms);
@@ -101,6 +102,10 @@ fn seeded_runs_agree_and_lose_no_acknowledged_proposal() {
     assert!(total.dropped > 0 && total.duplicated > 0, "{total:?}");
     assert!(total.partitions > 3 * n, "too few partitions: {total:?}");
     assert!(total.pauses > n, "too few paused members: {total:?}");
+    assert!(
+        total.rolled_back > n,
+        "too few state machine roll-backs at a crash: {total:?}"
+    );
     assert!(
         total.repaired_tails > 0,
         "too few torn batches repaired at restart: {total:?}"

@@ -20,7 +20,9 @@
 //!   own phase and a skew of up to 1 ms per incarnation. raft-rs draws its randomized election
 //!   timeout from `thread_rng`, which no seed controls; the simulation overrides it, from the
 //!   member's own seeded stream, every time raft-rs resets the election timer (whenever
-//!   `election_elapsed` is 0 after a call), so a seed replays exactly.
+//!   `election_elapsed` is 0 after a call), so a seed replays exactly. A member may also pause
+//!   (a long GC, SIGSTOP) for up to 300 ms: it neither ticks nor reads messages, which wait for
+//!   it, and it wakes up believing whatever it believed (a stale leader).
 //! - **Network**: every message gets a random delay (so messages reorder), may be dropped or
 //!   duplicated, and is lost on a cut link. Partitions change at random: heal, isolate one member
 //!   (both ways), cut random one-way links, or split the members in two groups. A message sent on
@@ -35,25 +37,28 @@
 //! - **Clients**: proposals of unique data to random members, rejected as `node.rs` rejects them
 //!   (no leader known, or raft drops the proposal).
 //!
-//! The state machine is a durable list of applied entries (it survives crashes, as the MVCC
-//! store's consistent index does); a restarted member passes over committed entries at or below
-//! its applied index, as `node.rs` does, and the simulation checks they are the same entries.
+//! The state machine is a list of applied entries that, like the MVCC store, is made durable
+//! lazily: a crash takes it back to its last checkpoint. A restarted member passes over committed
+//! entries at or below the state machine's applied index, as `node.rs` does (the simulation checks
+//! they are the entries it applied), and re-applies those above.
 //!
 //! # Checks
 //!
-//! During the run, after every step: (1) no two members ever commit different entries (index,
-//! term, data) at the same index, across all incarnations; (3) no member's state machine applies
-//! the same proposal twice; (4) at most one leader per term. Restarts must recover every entry the
-//! member's state machine had applied. At the end, the drain heals the network, restarts every
-//! member and runs (bounded) until all members have committed and applied the same last index in
-//! the leader's term; then (2) every acknowledged proposal is applied on every member, and all
-//! state machines hold identical entries. A failure is a [`SimFailure`] with the seed and the last
-//! events.
+//! During the run: (1) no two members ever commit different entries (index, term, data) at the
+//! same index, across all incarnations (checked at every commit); (3) no member's state machine
+//! applies the same proposal twice (at every apply); (4) at most one leader per term (after every
+//! call into raft that can elect). Restarts must recover every entry the member's state machine
+//! had applied. At the end, the drain heals the network, restarts and resumes every member and
+//! runs (bounded) until all members have committed and applied the same last index in the
+//! leader's term; then (2) every acknowledged proposal is applied on every member, and all state
+//! machines hold identical entries. A failure is a [`SimFailure`] with the seed, a replay command
+//! and the last events; a panic in raft-rs, the `LogStore` or the WAL is one too.
 //!
 //! # Fault switches
 //!
-//! [`Fault`] makes the loop deliberately wrong (acknowledge at append; never persist the hard
-//! state on one member), so tests can show the checks catch real bugs.
+//! [`Fault`] makes the loop deliberately wrong (acknowledge at append; a disk that lies about
+//! fdatasync; votes and append responses sent before they are durable), so tests can show the
+//! checks catch real bugs.
 //!
 //! # Not simulated
 //!
@@ -135,6 +140,8 @@ pub struct SimReport {
     pub partitions: u64,
     /// Members stopped for a while (not crashed), their messages waiting.
     pub pauses: u64,
+    /// Applied entries a crash took back from a state machine (re-applied from the log).
+    pub rolled_back: u64,
     /// Restarts whose WAL recovery zeroed a torn batch.
     pub repaired_tails: u64,
     /// Acknowledged proposals that a follower forwarded to the leader.
@@ -216,14 +223,34 @@ const READIES_PER_STEP_MAX: usize = 64;
 /// Proposal data: a unique id plus this much filler at most, so WAL segments fill and roll.
 const FILLER_BYTES_MAX: usize = 200;
 
-/// The durable state machine: every applied entry with data, in order. Survives crashes.
+/// The state machine: every applied entry with data, in order. Like the MVCC store it makes
+/// what it applied durable lazily (`StateMachine::durable_index`): a crash takes it back to its
+/// last checkpoint, and the restarted member re-applies the rest from the log.
 #[derive(Default)]
 struct StateMachine {
     entries: Vec<Committed>,
     applied_data: HashSet<Vec<u8>>,
+    /// `entries[..durable_len]` survive a crash.
+    durable_len: usize,
 }
 
+/// Chance that an apply batch ends with a checkpoint of the state machine.
+const CHECKPOINT_P: f64 = 0.3;
+
 impl StateMachine {
+    fn checkpoint(&mut self) {
+        self.durable_len = self.entries.len();
+    }
+
+    /// Forgets what was applied after the last checkpoint; returns how many entries.
+    fn roll_back(&mut self) -> u64 {
+        let lost: Vec<Committed> = self.entries.drain(self.durable_len..).collect();
+        for c in &lost {
+            self.applied_data.remove(&c.data);
+        }
+        lost.len() as u64
+    }
+
     fn applied_index(&self) -> u64 {
         self.entries.last().map_or(0, |c| c.index)
     }
@@ -684,6 +711,7 @@ impl Sim {
             self.report.crashes += 1;
         }
         member.armed = false;
+        self.report.rolled_back += member.sm.roll_back();
         if self.opts.fault == Fault::LyingDisk && m == 0 {
             member.disk = SimDisk::new();
             member.sm = StateMachine::default();
@@ -1133,6 +1161,9 @@ fn apply(
         if let Some((proposal, via_follower)) = waiter {
             acks.push((proposal, e.data.to_vec(), via_follower));
         }
+    }
+    if node.rng.gen_bool(CHECKPOINT_P) {
+        sm.checkpoint();
     }
     Ok(())
 }
