@@ -65,7 +65,7 @@
 //! Log compaction and raft snapshots (the log is never compacted here, so `Storage::snapshot` is
 //! never asked for), membership changes, ReadIndex, and the request queue and its back-pressure.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::panic::AssertUnwindSafe;
 
 use futures::FutureExt;
@@ -309,7 +309,7 @@ struct Net {
     queue: BTreeMap<(u64, u64), Packet>,
     sent: u64,
     /// Cut links: (from, to).
-    cut: HashSet<(u64, u64)>,
+    cut: BTreeSet<(u64, u64)>,
     drop_p: f64,
     dup_p: f64,
     delay_ms_max: u64,
@@ -622,9 +622,7 @@ impl Sim {
                         self.net.cut.insert((a, b));
                     }
                 }
-                let mut cut: Vec<_> = self.net.cut.iter().copied().collect();
-                cut.sort_unstable();
-                format!("one-way cuts {cut:?}")
+                format!("one-way cuts {:?}", self.net.cut)
             }
             _ => {
                 let side: Vec<bool> = (0..n).map(|_| self.rng.gen_bool(0.5)).collect();
@@ -711,6 +709,7 @@ impl Sim {
             self.report.crashes += 1;
         }
         member.armed = false;
+        member.paused_until_ms = 0;
         self.report.rolled_back += member.sm.roll_back();
         if self.opts.fault == Fault::LyingDisk && m == 0 {
             member.disk = SimDisk::new();
