@@ -1,10 +1,11 @@
 //! Deterministic simulation of the raft loop (`ringkv::raft::sim`, whose module doc describes
 //! the model): several members in one thread on raft-rs with our `RaftConfig`, `LogStore` and WAL
 //! on a simulated disk, a simulated network that drops, delays, duplicates, reorders and
-//! partitions, crashes that lose unsynced writes, and random proposals, all from one seed.
+//! partitions, crashes that lose unsynced writes, random proposals and linearizable reads, all
+//! from one seed.
 //!
 //! After each run the committed histories agree and no acknowledged proposal is lost; the checks
-//! also run as invariants during the run. `RINGKV_SIM_SEEDS=N` runs N seeds (default 200);
+//! also run as invariants during the run, and every read sees the writes acknowledged before it. `RINGKV_SIM_SEEDS=N` runs N seeds (default 200);
 //! `RINGKV_SIM_SEED=S` replays one seed (a failure prints the command). The fault tests make
 //! the loop deliberately wrong and assert the checks notice, so this test can fail.
 
@@ -71,6 +72,7 @@ fn seeded_runs_agree_and_lose_no_acknowledged_proposal() {
         total.repaired_tails += report.repaired_tails;
         total.pauses += report.pauses;
         total.rolled_back += report.rolled_back;
+        total.reads += report.reads;
         total.acked_via_follower += report.acked_via_follower;
         total.last_index += report.last_index;
         total.drain_ms = total.drain_ms.max(report.drain_ms);
@@ -102,6 +104,10 @@ fn seeded_runs_agree_and_lose_no_acknowledged_proposal() {
     assert!(total.dropped > 0 && total.duplicated > 0, "{total:?}");
     assert!(total.partitions > 3 * n, "too few partitions: {total:?}");
     assert!(total.pauses > n, "too few paused members: {total:?}");
+    assert!(
+        total.reads > 100 * n,
+        "too few linearizable reads: {total:?}"
+    );
     assert!(
         total.rolled_back > n,
         "too few state machine roll-backs at a crash: {total:?}"
@@ -155,14 +161,16 @@ fn caught(fault: Fault, seeds: std::ops::Range<u64>) -> Vec<SimFailure> {
     failures
 }
 
-/// A leader that acknowledges proposals when it appends them, not when they apply, loses
-/// acknowledged proposals when it is cut off or crashes before replicating them: check 2 must
-/// say so.
+/// A leader that acknowledges proposals when it appends them, not when they apply, lets a read
+/// miss an acknowledged write (check 5), and loses acknowledged proposals when it is cut off or
+/// crashes before replicating them (check 2): the checks must say so.
 #[test]
 fn acknowledging_before_commit_is_caught() {
     let failures = caught(Fault::AckOnAppend, 0..20);
     assert!(
-        failures.iter().any(|f| f.what.starts_with("check 2")),
+        failures
+            .iter()
+            .any(|f| f.what.starts_with("check 2") || f.what.starts_with("check 5")),
         "{:?}",
         failures.iter().map(|f| &f.what).collect::<Vec<_>>()
     );
@@ -188,4 +196,16 @@ fn a_disk_that_lies_about_fdatasync_is_caught() {
 #[test]
 fn answering_before_durable_is_caught() {
     caught(Fault::EarlyPersistedMessages, 0..100);
+}
+
+/// Reads served from a member's own applied state, without a read index, miss writes that were
+/// acknowledged elsewhere: check 5 must say so.
+#[test]
+fn reads_without_a_read_index_are_caught() {
+    let failures = caught(Fault::ReadWithoutIndex, 0..20);
+    assert!(
+        failures.iter().any(|f| f.what.starts_with("check 5")),
+        "{:?}",
+        failures.iter().map(|f| &f.what).collect::<Vec<_>>()
+    );
 }

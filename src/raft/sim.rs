@@ -35,7 +35,9 @@
 //!   (`SimDisk::crash_at_op`), which tears or loses a batch being written; the member dies when
 //!   its disk does. It restarts later from what survived.
 //! - **Clients**: proposals of unique data to random members, rejected as `node.rs` rejects them
-//!   (no leader known, or raft drops the proposal).
+//!   (no leader known, or raft drops the proposal); linearizable reads on random members through
+//!   raft's ReadIndex, issued and answered as `node.rs` does (a leader once it has committed in
+//!   its term, a follower with a known leader; answered once the read index is applied).
 //!
 //! The state machine is a list of applied entries that, like the MVCC store, is made durable
 //! lazily: a crash takes it back to its last checkpoint. A restarted member passes over committed
@@ -51,19 +53,21 @@
 //! had applied. At the end, the drain heals the network, restarts and resumes every member and
 //! runs (bounded) until all members have committed and applied the same last index in the
 //! leader's term; then (2) every acknowledged proposal is applied on every member, and all state
-//! machines hold identical entries. A failure is a [`SimFailure`] with the seed, a replay command
+//! machines hold identical entries. And (5): every linearizable read, when answered, sees every
+//! proposal acknowledged before it was issued. A failure is a [`SimFailure`] with the seed, a replay command
 //! and the last events; a panic in raft-rs, the `LogStore` or the WAL is one too.
 //!
 //! # Fault switches
 //!
 //! [`Fault`] makes the loop deliberately wrong (acknowledge at append; a disk that lies about
-//! fdatasync; votes and append responses sent before they are durable), so tests can show the
-//! checks catch real bugs.
+//! fdatasync; votes and append responses sent before they are durable; reads served without a
+//! read index), so tests can show the checks catch real bugs.
 //!
 //! # Not simulated
 //!
 //! Log compaction and raft snapshots (the log is never compacted here, so `Storage::snapshot` is
-//! never asked for), membership changes, ReadIndex, and the request queue and its back-pressure.
+//! never asked for), membership changes, read retries and batching, request timeouts, and the
+//! request queue and its back-pressure.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::panic::AssertUnwindSafe;
@@ -96,6 +100,9 @@ pub enum Fault {
     /// Every member sends `persisted_messages` (votes, append responses) before its hard state
     /// and entries are durable: a crash in between breaks the promises they made.
     EarlyPersistedMessages,
+    /// Linearizable reads are served from the member's applied state at once, without a read
+    /// index: a follower or a deposed leader answers stale data (breaks check 5).
+    ReadWithoutIndex,
 }
 
 /// One simulation run.
@@ -146,6 +153,8 @@ pub struct SimReport {
     pub repaired_tails: u64,
     /// Acknowledged proposals that a follower forwarded to the leader.
     pub acked_via_follower: u64,
+    /// Linearizable reads answered (check 5 held for each).
+    pub reads: u64,
     /// Last index every member applied at the end.
     pub last_index: u64,
     pub drain_ms: u64,
@@ -222,6 +231,10 @@ const EVENTS_KEPT: usize = 64;
 const READIES_PER_STEP_MAX: usize = 64;
 /// Proposal data: a unique id plus this much filler at most, so WAL segments fill and roll.
 const FILLER_BYTES_MAX: usize = 200;
+/// Chance of a linearizable read each millisecond.
+const READ_P: f64 = 0.05;
+/// Reads in flight per member at most (node.rs batches them; here each is its own).
+const READS_IN_FLIGHT_MAX: usize = 64;
 
 /// The state machine: every applied entry with data, in order. Like the MVCC store it makes
 /// what it applied durable lazily (`StateMachine::durable_index`): a crash takes it back to its
@@ -271,6 +284,14 @@ struct Running {
     /// and whether this member was a follower when it was proposed.
     waiting: HashMap<u64, (u64, bool)>,
     next_seq: u64,
+    /// Linearizable reads sent to raft, by context sequence: how many proposals had been
+    /// acknowledged when each was issued.
+    reads_in_flight: HashMap<u64, usize>,
+    /// Reads whose index raft confirmed: (read index, acknowledged before issue).
+    reads_confirmed: Vec<(u64, usize)>,
+    /// `Checker::ack_log[..acks_applied]` is known to be applied here (this incarnation's
+    /// state machine only grows).
+    acks_applied: usize,
     /// Last index handed to the state machine or passed over.
     applied: u64,
     /// Applied before this incarnation started: passed over, never re-applied.
@@ -323,6 +344,9 @@ struct Checker {
     leaders: BTreeMap<u64, u64>,
     /// Acknowledged proposals: id -> data.
     acked: BTreeMap<u64, Vec<u8>>,
+    /// The data of acknowledged proposals, in the order they were acknowledged.
+    ack_log: Vec<Vec<u8>>,
+    reads_served: u64,
     hash: u64,
 }
 
@@ -594,6 +618,10 @@ impl Sim {
                 self.event(format!("member {} paused for {pause_ms} ms", m + 1));
             }
         }
+        if self.rng.gen_bool(READ_P) {
+            let m = self.rng.gen_range(0..self.members.len());
+            self.read(m)?;
+        }
         if self.rng.gen_bool(self.propose_p) {
             let m = self.rng.gen_range(0..self.members.len());
             self.propose(m);
@@ -680,8 +708,42 @@ impl Sim {
         }
     }
 
+    /// A client's linearizable read on member `m`, issued as `node.rs`'s `issue_reads` does:
+    /// a leader only once it has committed in its term, a follower only with a known leader.
+    fn read(&mut self, m: usize) -> Check {
+        if self.members[m].paused_until_ms > self.now_ms {
+            return Ok(());
+        }
+        let member_id = self.members[m].cfg.member_id;
+        let acked_before = self.check.ack_log.len();
+        let fault = self.opts.fault;
+        let member = &mut self.members[m];
+        let Some(node) = member.node.as_mut() else {
+            return Ok(());
+        };
+        if fault == Fault::ReadWithoutIndex {
+            node.reads_confirmed.push((0, acked_before));
+            return serve_reads(node, &member.sm, member_id, &mut self.check);
+        }
+        let raft = &node.raw.raft;
+        let ready = match raft.state {
+            StateRole::Leader => raft.commit_to_current_term(),
+            _ => raft.leader_id != raft::INVALID_ID,
+        };
+        if !ready || node.reads_in_flight.len() >= READS_IN_FLIGHT_MAX {
+            return Ok(());
+        }
+        let ctx = node.next_seq;
+        node.next_seq += 1;
+        node.reads_in_flight.insert(ctx, acked_before);
+        node.raw.read_index(request_id(member_id, ctx));
+        node.fix_election_timeout();
+        Ok(())
+    }
+
     fn ack(&mut self, id: u64, data: Vec<u8>) {
-        if self.check.acked.insert(id, data).is_none() {
+        if self.check.acked.insert(id, data.clone()).is_none() {
+            self.check.ack_log.push(data);
             self.report.acked += 1;
             self.check.fold(b"ack");
             self.check.fold(&id.to_le_bytes());
@@ -774,6 +836,9 @@ impl Sim {
             waiting: HashMap::new(),
             // As node.rs's wall-clock first sequence: never reuse one an older entry carries.
             next_seq: member.incarnation << 40,
+            reads_in_flight: HashMap::new(),
+            reads_confirmed: Vec::new(),
+            acks_applied: 0,
             applied,
             skip_through: sm_applied,
             next_tick_ms: self.now_ms + self.rng.gen_range(1..=tick_ms),
@@ -966,6 +1031,7 @@ impl Sim {
             self.check.fold(&c.data);
         }
         self.report.history_hash = self.check.hash;
+        self.report.reads = self.check.reads_served;
         Ok(())
     }
 
@@ -1015,7 +1081,21 @@ async fn handle_ready(
     if !persist(node, &member.cfg, &mut rd).await {
         return Ok(Outcome::DiskFailed);
     }
-    let _ = rd.take_read_states();
+    for rs in rd.take_read_states() {
+        match parse_request_id(&rs.request_ctx) {
+            Some((member, ctx)) if member == id => {
+                if let Some(acked_before) = node.reads_in_flight.remove(&ctx) {
+                    node.reads_confirmed.push((rs.index, acked_before));
+                }
+            }
+            _ => {
+                return Err(format!(
+                    "member {id}: a read state with another member's context {:?}",
+                    rs.request_ctx
+                ))
+            }
+        }
+    }
     apply(
         node,
         &mut member.sm,
@@ -1040,7 +1120,39 @@ async fn handle_ready(
     )?;
     node.raw.advance_apply();
     node.fix_election_timeout();
+    serve_reads(node, &member.sm, id, check)?;
     Ok(Outcome::Done)
+}
+
+/// Check (5): answers confirmed reads whose index is applied, as `node.rs`'s `answer_reads`;
+/// each must see every proposal acknowledged before it was issued.
+fn serve_reads(node: &mut Running, sm: &StateMachine, id: u64, check: &mut Checker) -> Check {
+    let applied = node.applied;
+    let mut result = Ok(());
+    let acks_applied = &mut node.acks_applied;
+    node.reads_confirmed.retain(|&(index, acked_before)| {
+        if index > applied {
+            return true;
+        }
+        check.reads_served += 1;
+        if result.is_ok() && acked_before > *acks_applied {
+            let missed = check.ack_log[*acks_applied..acked_before]
+                .iter()
+                .find(|data| !sm.applied_data.contains(*data));
+            if missed.is_none() {
+                *acks_applied = acked_before;
+            }
+            if let Some(missed) = missed {
+                result = Err(format!(
+                    "check 5: a linearizable read on member {id} (read index {index}, applied \
+                     {applied}) misses {:?}, acknowledged before the read was issued",
+                    String::from_utf8_lossy(missed)
+                ));
+            }
+        }
+        false
+    });
+    result
 }
 
 /// Makes the `Ready`'s hard state and entries durable, as `node.rs`'s `persist`: entries into the
