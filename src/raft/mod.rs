@@ -108,6 +108,7 @@ mod error;
 mod log;
 mod node;
 mod queue;
+pub mod sim;
 pub mod storage;
 
 use std::future::Future;

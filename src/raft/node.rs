@@ -64,7 +64,7 @@ struct Proposal {
 }
 
 /// A request id: the proposing member and its sequence number (`Entry::context`).
-fn request_id(member_id: u64, seq: u64) -> Vec<u8> {
+pub(crate) fn request_id(member_id: u64, seq: u64) -> Vec<u8> {
     let mut id = Vec::with_capacity(REQUEST_ID_BYTES);
     id.extend_from_slice(&member_id.to_be_bytes());
     id.extend_from_slice(&seq.to_be_bytes());
@@ -73,7 +73,7 @@ fn request_id(member_id: u64, seq: u64) -> Vec<u8> {
 
 /// The (member, sequence) of an entry's request id; `None` for raft's own entries and for logs
 /// written before request ids.
-fn parse_request_id(context: &[u8]) -> Option<(u64, u64)> {
+pub(crate) fn parse_request_id(context: &[u8]) -> Option<(u64, u64)> {
     if context.len() != REQUEST_ID_BYTES {
         return None;
     }
@@ -197,6 +197,22 @@ pub async fn run<D: Disk>(
     node.stop(result).await;
 }
 
+/// raft-rs's configuration of a member starting from `applied` (one tick per heartbeat). Shared
+/// with the simulation (`sim.rs`), so that it runs raft exactly as configured here.
+pub(crate) fn raft_config(cfg: &RaftConfig, applied: u64) -> raft::Config {
+    raft::Config {
+        id: cfg.member_id,
+        heartbeat_tick: 1,
+        election_tick: cfg.election_ticks(),
+        applied,
+        max_size_per_msg: 1 << 20,
+        max_inflight_msgs: 256,
+        pre_vote: cfg.pre_vote,
+        check_quorum: cfg.check_quorum,
+        ..raft::Config::default()
+    }
+}
+
 impl Node {
     async fn new(
         cfg: RaftConfig,
@@ -248,17 +264,7 @@ impl Node {
         // raft-rs requires applied <= commit; entries between the persisted commit and the
         // state machine's index come back as committed and are passed over.
         let applied = sm_applied.min(store.hard_state().commit);
-        let raft_cfg = raft::Config {
-            id: cfg.member_id,
-            heartbeat_tick: 1,
-            election_tick: cfg.election_ticks(),
-            applied,
-            max_size_per_msg: 1 << 20,
-            max_inflight_msgs: 256,
-            pre_vote: cfg.pre_vote,
-            check_quorum: cfg.check_quorum,
-            ..raft::Config::default()
-        };
+        let raft_cfg = raft_config(&cfg, applied);
         raft_cfg.validate()?;
         let raw = RawNode::new(&raft_cfg, store, &super::log::logger(cfg.member_id))?;
         let next_tick = Instant::now() + cfg.heartbeat;
