@@ -33,7 +33,8 @@
 //! bounded request queue, and dropped ones are retransmitted by raft. Messages of a `Ready` that
 //! promise durable state (votes, append responses: `persisted_messages`) are sent only after
 //! that state is durable; a leader's appends go out before its own fdatasync. Membership is the
-//! fixed `RaftConfig::voters` (every member starts with the same `ConfState` and an empty log).
+//! `RaftConfig::voters` at bootstrap (every member starts with the same `ConfState` and an empty
+//! log); a snapshot carries the `ConfState` at its index.
 //! Linearizable reads use ReadIndex on any member (a follower's request is forwarded to the
 //! leader). With one voter there is no transport and no network on the write path.
 //!
@@ -54,15 +55,50 @@
 //! marker (keeping `compact_keep_entries` below it), the loop writes a hard state and a
 //! `Record::Snapshot` marker (durable), drops the entries from the in-memory log and releases
 //! the WAL segments below it. The state machine is its own snapshot: it must never restart
-//! with an applied index below the marker (`RaftError::StateMachineBehindLog`).
+//! with an applied index below the marker (`RaftError::StateMachineBehindLog`), unless a staged
+//! image of the marker's index lets it catch up (below). A follower that needs compacted
+//! entries gets a snapshot instead.
 //!
-//! # Limitations (issue 5 phase 1)
+//! # Snapshots to lagging and new members (`snapshot.rs`)
+//!
+//! A raft snapshot here is the raft metadata (index, term, `ConfState`) plus a 12-byte
+//! descriptor in `Snapshot::data` naming a [`SnapshotImage`]; the state itself travels beside
+//! the raft message, as etcd sends its db after the `MsgSnapshot`.
+//!
+//! - **Leader, building.** raft-rs asks `Storage::snapshot` when a follower needs an entry at or
+//!   below the log's snapshot marker. The `LogStore` answers with the image the loop prepared if
+//!   it is still usable (its index is at or above the marker and the request), else it records
+//!   the request and says "temporarily unavailable"; at the end of that iteration the loop asks
+//!   the state machine for an image (`StateMachine::snapshot`: the server pins a page-store
+//!   snapshot, so this costs no copy) at the applied index, registers it under a fresh id and
+//!   keeps it in the `LogStore`; raft-rs asks again on the follower's next heartbeat response.
+//!   An image is dropped once log compaction passes it.
+//! - **Leader, sending.** The `MsgSnapshot` goes to the transport like any message; the peer
+//!   transport hands it to a snapshot sender task (tokio), which looks the image up by id and
+//!   streams it (`snapshot.rs`'s frame format: bounded, checksummed, numbered chunks) with HTTP/2
+//!   flow control; the walk over the pinned image runs on a blocking thread, one chunk ahead.
+//!   The raft loop never waits on it: writes go on while a snapshot streams. When the stream
+//!   ends the sender reports [`RaftHandle::report_snapshot`] `Finish` (the receiver has staged
+//!   and stepped it) or `Failure` (raft then retries).
+//! - **Follower, receiving.** The receiver checks every frame as it arrives and stages them in
+//!   `<index>.rsnap` (fsync, rename, fsync of the directory), then steps the `MsgSnapshot`.
+//! - **Follower, installing** (a `Ready` with a snapshot, before its entries): (1) a hard state
+//!   and a WAL snapshot marker at the snapshot index, durable; the in-memory log is reset to the
+//!   marker with the snapshot's `ConfState`; older WAL segments are released; (2)
+//!   `StateMachine::restore` replaces the whole state with the staged image, durably, with its
+//!   consistent index = the snapshot index; (3) the applied index moves to it. Waiters for
+//!   entries the snapshot covers are answered nothing (they time out: their entries may or may
+//!   not be in the image). A crash between (1) and (2) restarts with the state machine behind
+//!   the marker: the engine restores the staged image of that index before starting (etcd
+//!   reopens its backend from `snap/<index>.snap.db` the same way), and refuses to start
+//!   (`StateMachineBehindLog`) if it is gone.
+//!
+//! # Limitations (issue 5)
 //!
 //! - Membership is fixed at bootstrap; conf-change entries are never proposed.
-//! - There are no state-machine snapshots to send to lagging followers (`Storage::snapshot`
-//!   says "later"): a follower that needs an entry the leader has compacted does not catch up,
-//!   and the leader logs it.
 //! - A forwarded proposal lost on the way (leader change) is answered only by `Timeout`.
+//! - The follower's raft loop is busy while it restores an image (one write transaction over
+//!   the whole state); it neither ticks nor campaigns meanwhile.
 
 mod config;
 mod error;
