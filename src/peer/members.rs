@@ -113,6 +113,24 @@ impl Members {
         self.get(self.local_id).expect("the local member is listed")
     }
 
+    /// Replaces the whole membership (a raft snapshot's member list) and records it. Refused,
+    /// with nothing changed, if the list leaves this member out or breaks the file's limits.
+    pub fn replace(&self, mut list: Vec<MemberInfo>) -> Result<(), MembersError> {
+        list.sort_by_key(|m| m.id);
+        list.dedup_by_key(|m| m.id);
+        check(&list, self.local_id)?;
+        let mut current = self.list.write();
+        if *current == list {
+            return Ok(());
+        }
+        write(&self.path, &list).map_err(|source| MembersError::Io {
+            path: self.path.clone(),
+            source,
+        })?;
+        *current = list;
+        Ok(())
+    }
+
     /// Records what member `id` says about itself (its name and client URLs), if it changed.
     /// Unknown ids are ignored (the caller has checked membership). Bad names are refused.
     pub fn learn(&self, id: u64, name: &str, client_urls: &[String]) -> Result<(), MembersError> {
