@@ -105,6 +105,7 @@ mod error;
 mod log;
 mod node;
 mod queue;
+pub mod snapshot;
 pub mod storage;
 
 use std::future::Future;
@@ -115,6 +116,7 @@ use raft::eraftpb::Message;
 
 pub use config::{RaftConfig, VOTERS_MAX};
 pub use error::RaftError;
+pub use snapshot::{SnapshotImage, SnapshotStreamError};
 pub use storage::LogStore;
 
 use crate::wal::disk::{Disk, GlommioDisk};
@@ -137,6 +139,21 @@ pub trait StateMachine: Send + 'static {
     /// machine that makes every apply durable before returning keeps the default.
     fn durable_index(&self) -> u64 {
         self.applied_index()
+    }
+    /// A point-in-time image of the whole state at `applied_index()`, for a follower that needs
+    /// compacted entries. `None`: this state machine cannot send snapshots (raft is told to try
+    /// later, and such a follower does not catch up).
+    fn snapshot(&mut self) -> Option<Arc<dyn SnapshotImage>> {
+        None
+    }
+    /// Replaces the whole state with the image staged for raft index `index` (see
+    /// `snapshot.rs`), durably, so that `applied_index()` and `durable_index()` are `index`
+    /// afterwards. Called only with `index` above `applied_index()`. An error halts the loop.
+    fn restore(&mut self, index: u64, term: u64) -> Result<(), String> {
+        let _ = term;
+        Err(format!(
+            "this state machine cannot restore snapshots (index {index})"
+        ))
     }
 }
 
@@ -171,6 +188,8 @@ pub struct RaftStatus {
 /// State shared by the handles and the loop.
 struct Shared {
     queue: RequestQueue,
+    /// Images prepared for snapshot senders.
+    images: snapshot::ImageRegistry,
     status: Mutex<RaftStatus>,
     finished: Mutex<Finished>,
     finished_cv: Condvar,
@@ -328,6 +347,23 @@ impl RaftHandle {
         let _ = self.inner.shared.queue.try_push(Request::Unreachable(peer));
     }
 
+    /// Tells raft how sending a snapshot to `peer` ended: `delivered` means the peer staged it
+    /// and took the message. Never waits; dropped when the queue is full (raft then learns from
+    /// the peer's next response).
+    pub fn report_snapshot(&self, peer: u64, delivered: bool) {
+        let _ = self
+            .inner
+            .shared
+            .queue
+            .try_push(Request::SnapshotStatus { peer, delivered });
+    }
+
+    /// The image a `MsgSnapshot`'s descriptor names, while the loop keeps it registered.
+    pub fn snapshot_image(&self, data: &[u8]) -> Option<snapshot::RegisteredImage> {
+        let id = snapshot::decode_descriptor(data)?;
+        self.inner.shared.images.get(id)
+    }
+
     pub fn status(&self) -> RaftStatus {
         *self.inner.shared.status.lock()
     }
@@ -438,6 +474,7 @@ pub fn start_with<D: Disk + Send>(
     }
     let shared = Arc::new(Shared {
         queue: RequestQueue::new(cfg.proposal_queue_depth),
+        images: snapshot::ImageRegistry::default(),
         status: Mutex::new(RaftStatus {
             member_id: cfg.member_id,
             cluster_id: cfg.cluster_id,

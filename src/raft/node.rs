@@ -43,10 +43,11 @@ use std::sync::Arc;
 use std::time::Instant;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use raft::eraftpb::{ConfState, Entry, EntryType, Message, MessageType};
+use raft::eraftpb::{ConfState, Entry, EntryType, Message, MessageType, Snapshot};
 use raft::{RawNode, Ready, SnapshotStatus, StateRole};
 
 use super::queue::{ProposeReply, ReadReply, Request};
+use super::snapshot::{decode_descriptor, encode_descriptor, RegisteredImage};
 use super::storage::{encode_entry, LogStore, REQUEST_ID_BYTES};
 use super::{Committed, RaftConfig, RaftError, RaftStatus, Shared, StateMachine, Transport};
 use crate::wal::disk::Disk;
@@ -136,7 +137,14 @@ pub struct Node {
     commit_unpersisted: bool,
     next_tick: Instant,
     requests: Vec<Request>,
+    /// Id of the next image registered for snapshot senders.
+    next_image_id: u64,
+    /// When the loop last said it cannot build a snapshot (a state machine without images).
+    snapshot_warned: Option<Instant>,
 }
+
+/// At most one "cannot send a snapshot" warning per this interval.
+const SNAPSHOT_WARNING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Recovers the WAL on this executor, starts its writer here, builds the node, elects it (a
 /// single member) and handles the first `Ready` (which re-applies the committed log above the
@@ -206,8 +214,18 @@ impl Node {
         // Fixed membership (phase 1): every member starts from the same voters and an empty log.
         let conf_state = ConfState::from((cfg.voters.clone(), Vec::<u64>::new()));
         let store = LogStore::from_recovered(recovered, conf_state)?;
-        let sm_applied = sm.applied_index();
+        let mut sm = sm;
         let snapshot_index = store.snapshot_index();
+        if sm.applied_index() < snapshot_index {
+            // A crash between a received snapshot's WAL marker and its restore.
+            restore_at_start(
+                &mut *sm,
+                snapshot_index,
+                store.snapshot_term(),
+                cfg.member_id,
+            );
+        }
+        let sm_applied = sm.applied_index();
         let last_index = raft::Storage::last_index(&store)?;
         if sm_applied < snapshot_index {
             return Err(RaftError::StateMachineBehindLog {
@@ -256,6 +274,8 @@ impl Node {
             commit_unpersisted: false,
             next_tick,
             requests: Vec::with_capacity(cfg.max_batch_entries),
+            next_image_id: 1,
+            snapshot_warned: None,
             cfg,
         };
         node.publish_status();
@@ -292,6 +312,7 @@ impl Node {
                 return Ok(());
             }
             self.issue_reads();
+            self.prepare_snapshot();
             if self.raw.has_ready() {
                 self.handle_ready().await?;
                 continue;
@@ -340,6 +361,14 @@ impl Node {
                 }
             }
             Request::Unreachable(peer) => self.raw.report_unreachable(peer),
+            Request::SnapshotStatus { peer, delivered } => {
+                let status = if delivered {
+                    SnapshotStatus::Finish
+                } else {
+                    SnapshotStatus::Failure
+                };
+                self.raw.report_snapshot(peer, status);
+            }
         }
     }
 
@@ -430,10 +459,12 @@ impl Node {
     async fn handle_ready(&mut self) -> Result<(), RaftError> {
         let mut rd = self.raw.ready();
         self.send_messages(rd.take_messages());
-        assert!(
-            rd.snapshot().is_empty(),
-            "raft snapshots are never sent (phase 1: Storage::snapshot is unavailable)"
-        );
+        if !rd.snapshot().is_empty() {
+            if let Some(hs) = rd.hs() {
+                self.raw.mut_store().set_hard_state(hs.clone());
+            }
+            self.install_snapshot(rd.snapshot().clone()).await?;
+        }
         self.persist(&mut rd).await?;
         for rs in rd.take_read_states() {
             let Some((member, ctx)) = parse_request_id(&rs.request_ctx) else {
@@ -664,6 +695,15 @@ impl Node {
             .await?;
         self.raw.mut_store().compact(target);
         self.wal.release_to(target).await?;
+        // A prepared image below the marker would leave a follower needing compacted entries.
+        if self
+            .raw
+            .store()
+            .prepared()
+            .is_some_and(|p| p.get_metadata().index < target)
+        {
+            self.set_prepared(None);
+        }
         Ok(())
     }
 
@@ -766,5 +806,123 @@ impl Node {
             eprintln!("raft[{:x}]: halted: {reason}", self.cfg.member_id);
         }
         self.publish_status();
+    }
+}
+
+/// Restores the state machine from the image staged for the log's snapshot marker, at start;
+/// if it cannot, the caller refuses to start (`StateMachineBehindLog`).
+fn restore_at_start(sm: &mut dyn StateMachine, index: u64, term: u64, member_id: u64) {
+    eprintln!(
+        "raft[{member_id:x}]: info: the state machine is at {} behind the log's snapshot at \
+         {index}: restoring the staged snapshot",
+        sm.applied_index()
+    );
+    if let Err(reason) = sm.restore(index, term) {
+        eprintln!("raft[{member_id:x}]: error: restoring the snapshot at {index}: {reason}");
+    }
+}
+
+/// Snapshots: preparing one for followers (leader) and installing a received one (follower).
+/// See the module doc of `raft` ("Snapshots to lagging and new members").
+impl Node {
+    /// If raft asked for a snapshot it could not have, prepares one at the applied index: the
+    /// state machine's image, registered for the senders, and its metadata for `LogStore`.
+    fn prepare_snapshot(&mut self) {
+        let Some(request_index) = self.raw.store().take_snapshot_request() else {
+            return;
+        };
+        let index = self.applied;
+        if index < request_index || index < self.raw.store().snapshot_index() {
+            // Not applied far enough yet; raft asks again.
+            return;
+        }
+        let Some(image) = self.sm.snapshot() else {
+            let now = Instant::now();
+            if self
+                .snapshot_warned
+                .is_none_or(|at| now.duration_since(at) >= SNAPSHOT_WARNING_INTERVAL)
+            {
+                self.snapshot_warned = Some(now);
+                eprintln!(
+                    "raft[{:x}]: warning: a member needs raft entries this leader has compacted, \
+                     and the state machine cannot build snapshots: it cannot catch up",
+                    self.cfg.member_id
+                );
+            }
+            return;
+        };
+        let term = match raft::Storage::term(self.raw.store(), index) {
+            Ok(term) => term,
+            Err(e) => panic!("the applied index {index} has a term in the log: {e}"),
+        };
+        let id = self.next_image_id;
+        self.next_image_id += 1;
+        self.shared
+            .images
+            .insert(id, RegisteredImage { index, term, image });
+        let mut snapshot = Snapshot::default();
+        snapshot.data = encode_descriptor(id).into();
+        let meta = snapshot.mut_metadata();
+        meta.index = index;
+        meta.term = term;
+        meta.set_conf_state(self.raw.raft.prs().conf().to_conf_state());
+        self.set_prepared(Some(snapshot));
+    }
+
+    /// Replaces the prepared snapshot, unregistering the old one's image (a sender streaming it
+    /// holds its own reference).
+    fn set_prepared(&mut self, snapshot: Option<Snapshot>) {
+        if let Some(old) = self.raw.mut_store().set_prepared(snapshot) {
+            if let Some(id) = decode_descriptor(&old.data) {
+                self.shared.images.remove(id);
+            }
+        }
+    }
+
+    /// Installs a received snapshot (a `Ready`'s, before its entries): WAL marker and hard
+    /// state, durable; the in-memory log reset to it; the state machine restored from the
+    /// staged image; the applied index moved to it.
+    async fn install_snapshot(&mut self, snapshot: Snapshot) -> Result<(), RaftError> {
+        let (index, term) = (snapshot.get_metadata().index, snapshot.get_metadata().term);
+        assert!(
+            index > self.applied,
+            "raft installs only snapshots past the applied index ({index} <= {})",
+            self.applied
+        );
+        self.raw.mut_store().apply_snapshot(&snapshot);
+        let hs = self.raw.store().hard_state().clone();
+        self.wal
+            .append(vec![
+                Record::HardState {
+                    term: hs.term,
+                    vote: hs.vote,
+                    commit: index,
+                },
+                Record::Snapshot { index, term },
+            ])
+            .await?;
+        self.wal.release_to(index).await?;
+        let started = Instant::now();
+        self.sm
+            .restore(index, term)
+            .map_err(|reason| RaftError::Restore { index, reason })?;
+        assert_eq!(
+            self.sm.applied_index(),
+            index,
+            "a restored state machine is at the snapshot's index"
+        );
+        eprintln!(
+            "raft[{:x}]: info: restored the snapshot at index {index} (term {term}) in {:?}",
+            self.cfg.member_id,
+            started.elapsed()
+        );
+        self.applied = index;
+        self.skip_through = self.skip_through.max(index);
+        // Proposals this member appended as leader at or below the snapshot: whether their
+        // entries are in it is unknown, so they are answered nothing and time out.
+        self.leader_indexes.retain(|&at, _| at > index);
+        self.set_prepared(None);
+        self.publish_status();
+        Ok(())
     }
 }

@@ -32,6 +32,11 @@ pub enum Request {
     Step(Box<Message>),
     /// The transport could not deliver to this peer.
     Unreachable(u64),
+    /// How streaming a snapshot to `peer` ended.
+    SnapshotStatus {
+        peer: u64,
+        delivered: bool,
+    },
 }
 
 impl Request {
@@ -45,7 +50,7 @@ impl Request {
                 let _ = reply.send(Err(error()));
             }
             // Raft retransmits what it does not hear back about.
-            Request::Step(_) | Request::Unreachable(_) => {}
+            Request::Step(_) | Request::Unreachable(_) | Request::SnapshotStatus { .. } => {}
         }
     }
 }
@@ -131,7 +136,9 @@ impl RequestQueue {
             match &request {
                 Request::Propose { data, .. } => bytes += data.len(),
                 Request::Step(m) => bytes += m.entries.iter().map(|e| e.data.len()).sum::<usize>(),
-                Request::ReadIndex { .. } | Request::Unreachable(_) => {}
+                Request::ReadIndex { .. }
+                | Request::Unreachable(_)
+                | Request::SnapshotStatus { .. } => {}
             }
             out.push(request);
             freed += 1;

@@ -30,6 +30,9 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
+/// One record of an image, or why it could not be read.
+pub type RecordResult = std::result::Result<(Vec<u8>, Vec<u8>), String>;
+
 /// A point-in-time image of the state machine, readable from another thread while the state
 /// machine goes on applying (it pins what it reads).
 pub trait SnapshotImage: Send + Sync + 'static {
@@ -37,7 +40,7 @@ pub trait SnapshotImage: Send + Sync + 'static {
     fn app_header(&self) -> Vec<u8>;
     /// Every record of the state, in strictly ascending key order. Blocking I/O: call it on a
     /// thread that may block.
-    fn records(&self) -> Box<dyn Iterator<Item = Result<(Vec<u8>, Vec<u8>), String>> + Send>;
+    fn records(&self) -> Box<dyn Iterator<Item = RecordResult> + Send>;
 }
 
 /// Why a snapshot stream or staged image is refused.
@@ -52,7 +55,11 @@ pub enum SnapshotStreamError {
     #[error("snapshot stream: frame {got} arrived where frame {expected} was due")]
     Sequence { expected: u32, got: u32 },
     #[error("snapshot stream: frame {seq} of {bytes} bytes exceeds the limit of {limit} bytes")]
-    TooLarge { seq: u32, bytes: usize, limit: usize },
+    TooLarge {
+        seq: u32,
+        bytes: usize,
+        limit: usize,
+    },
     #[error("snapshot stream: frame {seq}: {reason}")]
     Malformed { seq: u32, reason: String },
     #[error("snapshot stream: ended before its end frame")]
@@ -79,20 +86,16 @@ const KIND_END: u8 = 3;
 /// One decoded frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
-    Header {
-        index: u64,
-        term: u64,
-        app: Vec<u8>,
-    },
+    Header { index: u64, term: u64, app: Vec<u8> },
     Records(Vec<(Vec<u8>, Vec<u8>)>),
-    End {
-        records: u64,
-        frames: u32,
-    },
+    End { records: u64, frames: u32 },
 }
 
 fn seal(kind: u8, seq: u32, payload: &[u8]) -> Vec<u8> {
-    assert!(payload.len() <= FRAME_PAYLOAD_BYTES_MAX, "frame payload over the limit");
+    assert!(
+        payload.len() <= FRAME_PAYLOAD_BYTES_MAX,
+        "frame payload over the limit"
+    );
     let mut out = Vec::with_capacity(FRAME_HEADER_BYTES + payload.len());
     out.extend_from_slice(&[0; 4]);
     out.push(kind);
@@ -477,7 +480,7 @@ mod tests {
         fn app_header(&self) -> Vec<u8> {
             b"members".to_vec()
         }
-        fn records(&self) -> Box<dyn Iterator<Item = Result<(Vec<u8>, Vec<u8>), String>> + Send> {
+        fn records(&self) -> Box<dyn Iterator<Item = RecordResult> + Send> {
             Box::new(self.0.clone().into_iter().map(Ok))
         }
     }
@@ -545,7 +548,10 @@ mod tests {
         flipped[2][500] ^= 1;
         let err = check_all(&flipped).unwrap_err();
         assert!(matches!(err, SnapshotStreamError::Checksum { seq: 2 }));
-        assert_eq!(err.to_string(), "snapshot stream: frame 2 fails its checksum");
+        assert_eq!(
+            err.to_string(),
+            "snapshot stream: frame 2 fails its checksum"
+        );
         let mut lost = frames.clone();
         lost.remove(2);
         assert!(matches!(
@@ -595,7 +601,10 @@ mod tests {
 
         std::fs::write(&path, &bytes[..bytes.len() - 5]).unwrap();
         let results: Vec<_> = StagedImage::open(&path).unwrap().collect();
-        assert!(results.last().unwrap().is_err(), "a cut file ends in an error");
+        assert!(
+            results.last().unwrap().is_err(),
+            "a cut file ends in an error"
+        );
     }
 
     #[test]
