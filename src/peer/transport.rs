@@ -15,13 +15,17 @@ use tonic::transport::{Channel, Endpoint};
 
 use super::{PeerConfig, PeerContext};
 
-/// The raft loop's side: a bounded queue per peer.
+/// The raft loop's side: a bounded queue per peer, and one for snapshots (`snapshot.rs`).
 pub struct PeerTransport {
     queues: HashMap<u64, mpsc::Sender<Message>>,
+    snapshots: mpsc::Sender<Message>,
 }
 
 impl crate::raft::Transport for PeerTransport {
     fn send(&mut self, msg: Message) -> bool {
+        if msg.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot {
+            return self.snapshots.try_send(msg).is_ok();
+        }
         self.queues
             .get(&msg.to)
             .is_some_and(|queue| queue.try_send(msg).is_ok())
@@ -31,6 +35,7 @@ impl crate::raft::Transport for PeerTransport {
 /// The tasks' side, spawned once the raft handle exists ([`PeerSenders::spawn`]).
 pub struct PeerSenders {
     peers: Vec<(u64, Vec<String>, mpsc::Receiver<Message>)>,
+    snapshots: mpsc::Receiver<Message>,
     config: PeerConfig,
 }
 
@@ -46,10 +51,12 @@ pub fn transport(
         queues.insert(id, tx);
         senders.push((id, urls, rx));
     }
+    let (snapshots, snapshot_queue) = mpsc::channel(super::snapshot::SNAPSHOT_QUEUE_MAX);
     (
-        PeerTransport { queues },
+        PeerTransport { queues, snapshots },
         PeerSenders {
             peers: senders,
+            snapshots: snapshot_queue,
             config,
         },
     )
@@ -59,6 +66,11 @@ impl PeerSenders {
     /// Starts one sender task per peer on `runtime`. The tasks end when the raft loop drops
     /// the transport (its queues close).
     pub fn spawn(self, runtime: &tokio::runtime::Handle, ctx: &Arc<PeerContext>) {
+        runtime.spawn(super::snapshot::run_senders(
+            self.snapshots,
+            ctx.clone(),
+            self.config.clone(),
+        ));
         for (id, urls, rx) in self.peers {
             let sender = Sender {
                 peer_id: id,

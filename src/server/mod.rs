@@ -149,7 +149,13 @@ pub fn run(config: &Config) -> Result<(), ServerError> {
         .filter(|m| m.id != ids.member_id)
         .map(|m| (m.id, m.peer_urls))
         .collect();
-    let sm = Box::new(raft_log::ApplierSm(applier));
+    let staging_dir = member_dir.join("raft-snap");
+    let sm = Box::new(raft_log::ApplierSm::new(
+        applier,
+        mvcc.clone(),
+        (!peers.is_empty()).then(|| members.clone()),
+        staging_dir.clone(),
+    ));
     // A single member returns once the WAL is replayed into MVCC and it leads; with peers the
     // engine starts as a follower and the transport's tasks start with the runtime below.
     let (handle, senders) = if peers.is_empty() {
@@ -195,6 +201,7 @@ pub fn run(config: &Config) -> Result<(), ServerError> {
         member_id: ids.member_id,
         members: members.clone(),
         raft: log.handle.clone(),
+        staging: crate::peer::snapshot::Staging::new(staging_dir),
     });
     if let Some(senders) = senders {
         senders.spawn(runtime.handle(), &peer_ctx);

@@ -1,5 +1,13 @@
 //! The raft engine behind the API's [`Consensus`] seam, and the applier as raft's
-//! [`StateMachine`].
+//! [`StateMachine`], with its raft snapshots: the image is a pinned page-store snapshot (every
+//! record of the store) plus the member list; a restore merges a staged image into the store
+//! (`Applier::restore`) and replaces the member list.
+//!
+//! The member list travels in the image's app header, one member per line:
+//! `<id 16 hex>\t<name>\t<peer URLs, comma-separated>\t<client URLs, comma-separated>`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
@@ -7,25 +15,193 @@ use futures::FutureExt;
 use crate::api::{Consensus, ConsensusError, ConsensusStatus};
 use crate::apply::Applier;
 use crate::metrics::METRICS;
-use crate::raft::{Committed, RaftError, RaftHandle, StateMachine};
+use crate::mvcc::Mvcc;
+use crate::page_store::PageStoreError;
+use crate::peer::{MemberInfo, Members};
+use crate::raft::snapshot::{parse_staged_name, staged_path, RecordResult, StagedImage};
+use crate::raft::StateMachine;
+use crate::raft::{Committed, RaftError, RaftHandle, SnapshotImage, SnapshotStreamError};
 
 /// The applier: each `apply` call's entries are one MVCC batch, one page-store commit (see
 /// `crate::apply`).
-pub struct ApplierSm(pub Applier);
+pub struct ApplierSm {
+    applier: Applier,
+    mvcc: Mvcc,
+    /// The membership a snapshot carries and replaces; `None` for a lone member.
+    members: Option<Arc<Members>>,
+    /// Where the peer service stages received images (`member/raft-snap`).
+    staging_dir: PathBuf,
+}
+
+impl ApplierSm {
+    /// Also removes staged images the store is already past (restored, or never needed).
+    pub fn new(
+        applier: Applier,
+        mvcc: Mvcc,
+        members: Option<Arc<Members>>,
+        staging_dir: PathBuf,
+    ) -> ApplierSm {
+        remove_staged(&staging_dir, applier.applied_index());
+        ApplierSm {
+            applier,
+            mvcc,
+            members,
+            staging_dir,
+        }
+    }
+}
+
+/// Removes staged images at or below `index`, and partial ones (`.part`: a receive cut short).
+fn remove_staged(dir: &Path, index: u64) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let stale = parse_staged_name(&name).is_some_and(|i| i <= index) || name.ends_with(".part");
+        if stale {
+            if let Err(e) = std::fs::remove_file(entry.path()) {
+                eprintln!(
+                    "ringkv: warning: cannot remove {}: {e}",
+                    entry.path().display()
+                );
+            }
+        }
+    }
+}
 
 impl StateMachine for ApplierSm {
     fn apply(&mut self, entries: &[Committed]) -> Vec<Vec<u8>> {
-        self.0
+        self.applier
             .apply_entries(entries.iter().map(|e| (e.index, e.data.as_slice())))
     }
 
     fn applied_index(&self) -> u64 {
-        self.0.applied_index()
+        self.applier.applied_index()
     }
 
     fn durable_index(&self) -> u64 {
-        self.0.durable_index()
+        self.applier.durable_index()
     }
+
+    fn snapshot(&mut self) -> Option<Arc<dyn SnapshotImage>> {
+        let snap = self.mvcc.page_store().snapshot();
+        // Taken on the raft thread between applies: the store's latest publish is the last
+        // applied batch (a physical compaction step keeps the consistent index).
+        assert_eq!(
+            snap.consistent_index(),
+            self.applier.applied_index(),
+            "the pinned store is at the applied index"
+        );
+        let members = self.members.as_ref().map(|m| m.list()).unwrap_or_default();
+        Some(Arc::new(StoreImage {
+            snap,
+            members: encode_members(&members),
+        }))
+    }
+
+    fn restore(&mut self, index: u64, term: u64) -> Result<(), String> {
+        let path = staged_path(&self.staging_dir, index);
+        let image = StagedImage::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        if (image.index, image.term) != (index, term) {
+            return Err(format!(
+                "{} holds the snapshot at index {} term {}, not {index} term {term}",
+                path.display(),
+                image.index,
+                image.term
+            ));
+        }
+        let members = decode_members(&image.app)?;
+        let stats = self
+            .applier
+            .restore(image.map(|r| r.map_err(RestoreError::Stream)), index)?;
+        eprintln!(
+            "ringkv: info: restored the store from the snapshot at index {index}: {} records \
+             written, {} deleted, {} unchanged; revision {}",
+            stats.written,
+            stats.deleted,
+            stats.unchanged,
+            self.mvcc.current_revision()
+        );
+        if let Some(list) = &self.members {
+            if let Err(e) = list.replace(members) {
+                eprintln!(
+                    "ringkv: warning: keeping the member list: the snapshot's cannot be \
+                     recorded: {e}"
+                );
+            }
+        }
+        remove_staged(&self.staging_dir, index);
+        Ok(())
+    }
+}
+
+/// Why records of a staged image could not be installed.
+#[derive(Debug, thiserror::Error)]
+enum RestoreError {
+    #[error(transparent)]
+    Stream(#[from] SnapshotStreamError),
+    #[error(transparent)]
+    Store(#[from] PageStoreError),
+}
+
+/// The leader's image: a pinned page-store snapshot, walked by the sender.
+struct StoreImage {
+    snap: crate::page_store::Snapshot,
+    members: Vec<u8>,
+}
+
+impl SnapshotImage for StoreImage {
+    fn app_header(&self) -> Vec<u8> {
+        self.members.clone()
+    }
+
+    fn records(&self) -> Box<dyn Iterator<Item = RecordResult> + Send> {
+        Box::new(
+            self.snap
+                .range(b"", None)
+                .map(|r| r.map_err(|e| e.to_string())),
+        )
+    }
+}
+
+fn encode_members(list: &[MemberInfo]) -> Vec<u8> {
+    let mut out = String::new();
+    for m in list {
+        out.push_str(&format!(
+            "{:016x}\t{}\t{}\t{}\n",
+            m.id,
+            m.name,
+            m.peer_urls.join(","),
+            m.client_urls.join(",")
+        ));
+    }
+    out.into_bytes()
+}
+
+fn decode_members(bytes: &[u8]) -> Result<Vec<MemberInfo>, String> {
+    let text = std::str::from_utf8(bytes).map_err(|_| "member list is not UTF-8".to_owned())?;
+    let urls = |field: &str| -> Vec<String> {
+        field
+            .split(',')
+            .filter(|u| !u.is_empty())
+            .map(str::to_owned)
+            .collect()
+    };
+    text.lines()
+        .map(|line| {
+            let fields: Vec<&str> = line.split('\t').collect();
+            let [id, name, peer, client] = fields[..] else {
+                return Err(format!("malformed member line {line:?}"));
+            };
+            Ok(MemberInfo {
+                id: u64::from_str_radix(id, 16).map_err(|_| format!("bad member id {id:?}"))?,
+                name: name.to_owned(),
+                peer_urls: urls(peer),
+                client_urls: urls(client),
+            })
+        })
+        .collect()
 }
 
 pub struct RaftLog {
