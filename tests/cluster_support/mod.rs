@@ -123,6 +123,12 @@ impl Cluster {
     /// Starts `n` members named `m1..mn` with data dirs under `dir`, all at once (a member of a
     /// new cluster may wait for its peers before it reports ready), and waits for a leader.
     pub fn start(dir: &Path, n: usize) -> Cluster {
+        Cluster::start_with(dir, n, &[])
+    }
+
+    /// [`Cluster::start`] with `extra` flags on every member (on restarts too, unless
+    /// `restart` is given others).
+    pub fn start_with(dir: &Path, n: usize, extra: &[&str]) -> Cluster {
         let mut members: Vec<Member> = (1..=n)
             .map(|i| Member {
                 name: format!("m{i}"),
@@ -140,7 +146,7 @@ impl Cluster {
             .collect::<Vec<_>>()
             .join(",");
         for m in &mut members {
-            m.launch(&initial_cluster, &[]);
+            m.launch(&initial_cluster, extra);
         }
         for m in &mut members {
             m.wait_ready();
@@ -158,6 +164,12 @@ impl Cluster {
         let initial_cluster = self.initial_cluster.clone();
         self.members[i].launch(&initial_cluster, extra);
         self.members[i].wait_ready();
+    }
+
+    /// Starts member `i` again without waiting for it to be ready (a test that kills it early).
+    pub fn relaunch(&mut self, i: usize, extra: &[&str]) {
+        let initial_cluster = self.initial_cluster.clone();
+        self.members[i].launch(&initial_cluster, extra);
     }
 
     pub fn running(&self) -> impl Iterator<Item = &Member> {
