@@ -38,9 +38,8 @@ impl WriteTxn<'_> {
             // Delete every base key below this one; compare the value of an equal one.
             let mut same = false;
             while let Some(entry) = old.peek() {
-                let (old_key, old_value) = match entry {
-                    Ok(kv) => kv,
-                    Err(_) => return Err(old.next().expect("peeked").unwrap_err().into()),
+                let Ok((old_key, old_value)) = entry else {
+                    return Err(old.next().expect("peeked").unwrap_err().into());
                 };
                 if old_key.as_slice() > key.as_slice() {
                     break;

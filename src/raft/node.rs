@@ -860,8 +860,10 @@ impl Node {
         self.shared
             .images
             .insert(id, RegisteredImage { index, term, image });
-        let mut snapshot = Snapshot::default();
-        snapshot.data = encode_descriptor(id).into();
+        let mut snapshot = Snapshot {
+            data: encode_descriptor(id).into(),
+            ..Snapshot::default()
+        };
         let meta = snapshot.mut_metadata();
         meta.index = index;
         meta.term = term;

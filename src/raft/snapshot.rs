@@ -364,27 +364,26 @@ impl StagedImage {
         })
     }
 
+    /// Reads the next frame: `true` with records pending, `false` after the end frame.
     fn refill(&mut self) -> Result<bool> {
-        loop {
-            let Some(bytes) = read_frame(&mut self.reader, self.checker.next_seq)? else {
-                return Err(SnapshotStreamError::Incomplete);
-            };
-            match self.checker.check(&bytes)? {
-                Frame::Records(records) => {
-                    self.pending = records.into_iter();
-                    return Ok(true);
-                }
-                Frame::End { .. } => {
-                    if read_frame(&mut self.reader, self.checker.next_seq)?.is_some() {
-                        return Err(SnapshotStreamError::Malformed {
-                            seq: self.checker.next_seq,
-                            reason: "data after the end frame".into(),
-                        });
-                    }
-                    return Ok(false);
-                }
-                Frame::Header { .. } => unreachable!("only frame 0 is a header"),
+        let Some(bytes) = read_frame(&mut self.reader, self.checker.next_seq)? else {
+            return Err(SnapshotStreamError::Incomplete);
+        };
+        match self.checker.check(&bytes)? {
+            Frame::Records(records) => {
+                self.pending = records.into_iter();
+                Ok(true)
             }
+            Frame::End { .. } => {
+                if read_frame(&mut self.reader, self.checker.next_seq)?.is_some() {
+                    return Err(SnapshotStreamError::Malformed {
+                        seq: self.checker.next_seq,
+                        reason: "data after the end frame".into(),
+                    });
+                }
+                Ok(false)
+            }
+            Frame::Header { .. } => unreachable!("only frame 0 is a header"),
         }
     }
 }
@@ -572,10 +571,6 @@ mod tests {
         ));
         let mut oversized = frames[1].clone();
         oversized[9..13].copy_from_slice(&u32::MAX.to_be_bytes());
-        assert!(matches!(
-            StreamChecker::new().check(&frames[0]).and_then(|_| Ok(())),
-            Ok(())
-        ));
         let mut checker = StreamChecker::new();
         checker.check(&frames[0]).unwrap();
         assert!(matches!(

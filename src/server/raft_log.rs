@@ -58,7 +58,10 @@ fn remove_staged(dir: &Path, index: u64) {
     };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let stale = parse_staged_name(&name).is_some_and(|i| i <= index) || name.ends_with(".part");
+        let stale = parse_staged_name(&name).is_some_and(|i| i <= index)
+            || Path::new(&name)
+                .extension()
+                .is_some_and(|ext| ext.eq_ignore_ascii_case("part"));
         if stale {
             if let Err(e) = std::fs::remove_file(entry.path()) {
                 eprintln!(
@@ -166,15 +169,17 @@ impl SnapshotImage for StoreImage {
 }
 
 fn encode_members(list: &[MemberInfo]) -> Vec<u8> {
+    use std::fmt::Write as _;
     let mut out = String::new();
     for m in list {
-        out.push_str(&format!(
-            "{:016x}\t{}\t{}\t{}\n",
+        let _ = writeln!(
+            out,
+            "{:016x}\t{}\t{}\t{}",
             m.id,
             m.name,
             m.peer_urls.join(","),
             m.client_urls.join(",")
-        ));
+        );
     }
     out.into_bytes()
 }
