@@ -373,6 +373,58 @@ fn follower_killed_while_receiving_a_snapshot_restarts_and_catches_up() {
     assert!(files.is_empty(), "staged files left: {files:?}");
 }
 
+/// A crash after the WAL marker of a received snapshot is durable and before the store is
+/// restored (failpoint `raft-snapshot-marked`) leaves the store behind the log's marker; the
+/// restart must restore the staged image first rather than refuse to start or lose it.
+#[test]
+fn crash_between_snapshot_marker_and_restore_recovers_from_the_staged_image() {
+    if is_reference() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::start_with(dir.path(), 3, SNAPSHOT_COUNT);
+    let leader = cluster.wait_leader(Duration::from_secs(30));
+    let f = (leader + 1) % 3;
+    let lead_ep = cluster.members[leader].endpoint();
+    cluster.members[f].kill();
+    bulk_put(&lead_ep, BULK_KEYS, 16);
+
+    cluster.members[f].env = vec![(
+        "RINGKV_FAILPOINTS".to_owned(),
+        "raft-snapshot-marked".to_owned(),
+    )];
+    cluster.relaunch(f, SNAPSHOT_COUNT);
+    let status = cluster.members[f].wait_exit(CATCH_UP_LIMIT);
+    assert!(!status.success());
+    let log = cluster.members[f].log();
+    assert!(
+        log.contains("failpoint raft-snapshot-marked: aborting"),
+        "{log}"
+    );
+    assert!(!log.contains("restored the snapshot"), "{log}");
+    let staged = staged_files(&cluster.members[f].data_dir);
+    assert_eq!(staged.len(), 1, "{staged:?}");
+    assert!(
+        Path::new(&staged[0])
+            .extension()
+            .is_some_and(|e| e == "rsnap"),
+        "{staged:?}"
+    );
+
+    cluster.members[f].env.clear();
+    cluster.restart(f, SNAPSHOT_COUNT);
+    let log = cluster.members[f].log();
+    assert!(log.contains("restoring the staged snapshot"), "{log}");
+    assert!(
+        log.contains("restored the store from the snapshot"),
+        "{log}"
+    );
+    cluster.wait_hashkv_equal(CATCH_UP_LIMIT);
+    let f_ep = cluster.members[f].endpoint();
+    assert_eq!(count_serializable(&f_ep, "bulk/"), BULK_KEYS as u64);
+    assert!(staged_files(&cluster.members[f].data_dir).is_empty());
+}
+
 /// Not a test: the time a follower 100k keys behind takes to catch up (restart to HashKV
 /// equal). Run with `cargo test --release --test cluster_snapshot -- --ignored --nocapture`.
 #[test]

@@ -904,6 +904,7 @@ impl Node {
             ])
             .await?;
         self.wal.release_to(index).await?;
+        super::snapshot::failpoint("raft-snapshot-marked");
         let started = Instant::now();
         self.sm
             .restore(index, term)

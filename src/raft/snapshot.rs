@@ -425,6 +425,21 @@ pub fn parse_staged_name(name: &str) -> Option<u64> {
         .flatten()
 }
 
+/// Names in `RINGKV_FAILPOINTS` (comma-separated) abort the process where `failpoint(name)` is
+/// called: crash tests of the steps whose order matters. Read once.
+pub fn failpoint(name: &str) {
+    static NAMES: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let names = NAMES.get_or_init(|| {
+        std::env::var("RINGKV_FAILPOINTS")
+            .map(|v| v.split(',').map(str::to_owned).collect())
+            .unwrap_or_default()
+    });
+    if names.iter().any(|n| n == name) {
+        eprintln!("ringkv: failpoint {name}: aborting");
+        std::process::abort();
+    }
+}
+
 /// `Snapshot::data` of a `MsgSnapshot`: which registered image the stream will carry.
 const DESCRIPTOR_MAGIC: &[u8; 4] = b"RKS1";
 

@@ -26,6 +26,8 @@ pub struct Member {
     child: Option<Child>,
     log_path: PathBuf,
     starts: u32,
+    /// Extra environment of the next starts (the server's is cleared but for `PATH`).
+    pub env: Vec<(String, String)>,
 }
 
 impl Member {
@@ -67,6 +69,7 @@ impl Member {
             .args(extra)
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -92,6 +95,30 @@ impl Member {
                 Instant::now() < deadline,
                 "{} not ready after {READY_TIMEOUT:?}:\n{log}",
                 self.name
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits up to `limit` for the member to exit by itself; its exit status.
+    pub fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .expect("member running")
+                .try_wait()
+                .unwrap()
+            {
+                self.child = None;
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} still running after {limit:?}:\n{}",
+                self.name,
+                self.log()
             );
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -138,6 +165,7 @@ impl Cluster {
                 child: None,
                 log_path: PathBuf::new(),
                 starts: 0,
+                env: Vec::new(),
             })
             .collect();
         let initial_cluster = members
