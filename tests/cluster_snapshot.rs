@@ -425,6 +425,120 @@ fn crash_between_snapshot_marker_and_restore_recovers_from_the_staged_image() {
     assert!(staged_files(&cluster.members[f].data_dir).is_empty());
 }
 
+struct TestImage(Vec<(Vec<u8>, Vec<u8>)>);
+
+impl ringkv::raft::SnapshotImage for TestImage {
+    fn app_header(&self) -> Vec<u8> {
+        Vec::new()
+    }
+    fn records(&self) -> Box<dyn Iterator<Item = ringkv::raft::snapshot::RecordResult> + Send> {
+        Box::new(self.0.clone().into_iter().map(Ok))
+    }
+}
+
+/// Bad snapshot streams on the peer port (a corrupt chunk, a stream cut short, another
+/// cluster's) are refused with a clear error, leave nothing staged, and the member goes on.
+#[test]
+fn bad_snapshot_streams_are_refused() {
+    use protobuf::Message as _;
+    use ringkv_proto::ringkvpeerpb::raft_peer_client::RaftPeerClient;
+    use ringkv_proto::ringkvpeerpb::SnapshotChunk;
+
+    if is_reference() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(dir.path(), 3);
+    let status = |i: usize| {
+        json(&cluster.members[i].endpoint(), &["endpoint", "status"])[0]["Status"]["header"].clone()
+    };
+    let (receiver, sender) = (status(0), status(1));
+    let cluster_id = receiver["cluster_id"].as_u64().unwrap();
+    let to = receiver["member_id"].as_u64().unwrap();
+    let from = sender["member_id"].as_u64().unwrap();
+
+    let mut msg = raft::eraftpb::Message::default();
+    msg.set_msg_type(raft::eraftpb::MessageType::MsgSnapshot);
+    (msg.from, msg.to, msg.term) = (from, to, 1);
+    msg.mut_snapshot().mut_metadata().index = 1_000_000;
+    msg.mut_snapshot().mut_metadata().term = 1;
+    let image = TestImage(
+        (0..5000)
+            .map(|i| (format!("k{i:05}").into_bytes(), vec![7; 500]))
+            .collect(),
+    );
+    let mut frames = Vec::new();
+    ringkv::raft::snapshot::write_stream(&image, 1_000_000, 1, |f| {
+        frames.push(f);
+        true
+    })
+    .unwrap();
+    let chunks = |frames: Vec<Vec<u8>>, cluster: u64| -> Vec<SnapshotChunk> {
+        frames
+            .into_iter()
+            .enumerate()
+            .map(|(i, frame)| SnapshotChunk {
+                cluster_id: if i == 0 { cluster } else { 0 },
+                from: if i == 0 { from } else { 0 },
+                message: if i == 0 {
+                    msg.write_to_bytes().unwrap()
+                } else {
+                    Vec::new()
+                },
+                frame,
+            })
+            .collect()
+    };
+    let mut corrupt = frames.clone();
+    corrupt[1][100] ^= 0x40;
+    let cut = frames[..frames.len() - 1].to_vec();
+
+    runtime().block_on(async {
+        let channel = tonic::transport::Endpoint::from_shared(cluster.members[0].peer_url())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut client = RaftPeerClient::new(channel)
+            .max_encoding_message_size(64 << 20)
+            .max_decoding_message_size(64 << 20);
+        for (what, chunks, message) in [
+            (
+                "corrupt",
+                chunks(corrupt, cluster_id),
+                "snapshot stream: frame 1 fails its checksum",
+            ),
+            (
+                "cut",
+                chunks(cut, cluster_id),
+                "snapshot stream: ended before its end frame",
+            ),
+            (
+                "foreign",
+                chunks(frames.clone(), cluster_id ^ 1),
+                "request cluster ID mismatch",
+            ),
+        ] {
+            let refused = client
+                .send_snapshot(tokio_stream::iter(chunks))
+                .await
+                .unwrap_err();
+            assert_eq!(refused.message(), message, "{what}");
+        }
+    });
+    let staged = staged_files(&cluster.members[0].data_dir);
+    assert!(
+        !staged
+            .iter()
+            .any(|f| Path::new(f).extension().is_some_and(|e| e == "part")),
+        "{staged:?}"
+    );
+    assert_eq!(
+        ok(&cluster.members[0].endpoint(), &["put", "still", "here"]),
+        "OK\n"
+    );
+}
+
 /// Not a test: the time a follower 100k keys behind takes to catch up (restart to HashKV
 /// equal). Run with `cargo test --release --test cluster_snapshot -- --ignored --nocapture`.
 #[test]
