@@ -98,6 +98,9 @@ pub enum PeerError {
     Stopped,
     #[error("a snapshot is already being received")]
     SnapshotBusy,
+    /// The raft loop's request queue was full; the sender retries.
+    #[error("raft request queue full")]
+    Overloaded,
     #[error("snapshot: {0}")]
     SnapshotIo(String),
     #[error(
@@ -125,7 +128,9 @@ impl From<PeerError> for tonic::Status {
             | PeerError::Misaddressed { .. }
             | PeerError::SnapshotMismatch { .. }
             | PeerError::Stream(_) => tonic::Status::invalid_argument(message),
-            PeerError::Stopped | PeerError::SnapshotBusy => tonic::Status::unavailable(message),
+            PeerError::Stopped | PeerError::SnapshotBusy | PeerError::Overloaded => {
+                tonic::Status::unavailable(message)
+            }
             PeerError::SnapshotIo(_) => tonic::Status::internal(message),
         }
     }

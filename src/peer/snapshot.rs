@@ -10,7 +10,7 @@
 //! while one is pending; a second message is reported failed at once). One receive at a time
 //! per member (another is refused with `SnapshotBusy`). Two frames in memory on the sending
 //! side (the one being sent and the next), one on the receiving side. A stream that makes no
-//! progress for `SNAPSHOT_STALL` fails and is reported `Failure`.
+//! progress for `SNAPSHOT_STALL` fails on both sides, and is reported `Failure`.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -135,18 +135,22 @@ pub async fn receive(
     );
     match ctx.raft.step(msg) {
         Ok(()) => Ok(SnapshotAck { records }),
-        Err(crate::raft::RaftError::Overloaded { .. }) => Err(PeerError::SnapshotBusy),
+        Err(crate::raft::RaftError::Overloaded { .. }) => Err(PeerError::Overloaded),
         Err(_) => Err(PeerError::Stopped),
     }
 }
 
+/// The next chunk; a sender that sends nothing for `SNAPSHOT_STALL` (a hung peer on a live
+/// connection) fails the receive, so it cannot hold the one receive slot forever.
 async fn next_chunk(
     stream: &mut tonic::Streaming<SnapshotChunk>,
 ) -> Result<Option<SnapshotChunk>, PeerError> {
-    stream
-        .message()
-        .await
-        .map_err(|status| PeerError::SnapshotIo(status.message().to_owned()))
+    match tokio::time::timeout(SNAPSHOT_STALL, stream.message()).await {
+        Ok(chunk) => chunk.map_err(|status| PeerError::SnapshotIo(status.message().to_owned())),
+        Err(_) => Err(PeerError::SnapshotIo(format!(
+            "no chunk for {SNAPSHOT_STALL:?}"
+        ))),
+    }
 }
 
 /// Checks and writes every frame to `part`, the first being `first_frame`; returns the records
