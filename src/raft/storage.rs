@@ -354,3 +354,103 @@ pub fn decode_entry(e: &wal::Entry) -> Result<Entry, RaftError> {
     out.data = data.to_vec().into();
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(index: u64, term: u64) -> Entry {
+        let mut e = Entry::default();
+        (e.index, e.term) = (index, term);
+        e.data = vec![1].into();
+        e
+    }
+
+    fn snapshot(index: u64, term: u64) -> Snapshot {
+        let mut s = Snapshot::default();
+        s.mut_metadata().index = index;
+        s.mut_metadata().term = term;
+        s.mut_metadata()
+            .set_conf_state(ConfState::from((vec![1, 2, 3], vec![])));
+        s
+    }
+
+    fn unavailable(r: &raft::Result<Snapshot>) -> bool {
+        matches!(
+            r,
+            Err(raft::Error::Store(
+                StorageError::SnapshotTemporarilyUnavailable
+            ))
+        )
+    }
+
+    /// raft-rs gets the prepared snapshot only while it is usable; otherwise the request is
+    /// recorded for the loop, once.
+    #[test]
+    fn snapshot_requests_and_prepared_snapshots() {
+        let mut log = LogStore::new(ConfState::from((vec![1, 2, 3], vec![])));
+        log.append(&(1..=20).map(|i| entry(i, 1)).collect::<Vec<_>>());
+        log.compact(10);
+        assert!(unavailable(&log.snapshot(0, 2)));
+        assert!(unavailable(&log.snapshot(12, 3)));
+        assert_eq!(log.take_snapshot_request(), Some(12));
+        assert_eq!(log.take_snapshot_request(), None);
+
+        log.set_prepared(Some(snapshot(15, 1)));
+        assert_eq!(log.snapshot(0, 2).unwrap().get_metadata().index, 15);
+        assert!(
+            unavailable(&log.snapshot(16, 2)),
+            "below the requested index"
+        );
+        assert_eq!(log.take_snapshot_request(), Some(16));
+        log.compact(18);
+        assert!(unavailable(&log.snapshot(0, 2)), "below the log's marker");
+    }
+
+    /// Installing a snapshot resets the log to it, whatever the log held.
+    #[test]
+    fn apply_snapshot_restarts_the_log_after_it() {
+        let mut log = LogStore::new(ConfState::from((vec![1], vec![])));
+        log.append(&(1..=5).map(|i| entry(i, 1)).collect::<Vec<_>>());
+        log.set_commit(3);
+        log.apply_snapshot(&snapshot(40, 4));
+        assert_eq!((log.first(), log.last()), (41, 40));
+        assert_eq!(log.term(40).unwrap(), 4);
+        assert_eq!(log.hard_state().commit, 40);
+        assert_eq!(log.hard_state().term, 4);
+        assert_eq!(log.conf_state().voters, vec![1, 2, 3]);
+        log.append(&[entry(41, 4), entry(42, 5)]);
+        assert_eq!(log.last(), 42);
+    }
+
+    /// Entries above a marker with a term below the snapshot's are an old tail the installed
+    /// snapshot superseded: recovery drops them.
+    #[test]
+    fn recovery_drops_an_old_tail_above_a_newer_snapshot() {
+        let wal_entry = |index, term| wal::Entry {
+            index,
+            term,
+            data: vec![0, 7],
+        };
+        let recovered = wal::Recovered {
+            metadata: None,
+            hard_state: Some(wal::HardState {
+                term: 5,
+                vote: 0,
+                commit: 10,
+            }),
+            snapshot: Some(wal::SnapshotMarker { index: 10, term: 5 }),
+            entries: vec![wal_entry(11, 2), wal_entry(12, 2)],
+            repaired_tail: None,
+            segments: 1,
+        };
+        let log = LogStore::from_recovered(&recovered, ConfState::default()).unwrap();
+        assert_eq!((log.first(), log.last()), (11, 10));
+        let recovered = wal::Recovered {
+            entries: vec![wal_entry(11, 5), wal_entry(12, 6)],
+            ..recovered
+        };
+        let log = LogStore::from_recovered(&recovered, ConfState::default()).unwrap();
+        assert_eq!(log.last(), 12);
+    }
+}
