@@ -428,9 +428,6 @@ fn crash_between_snapshot_marker_and_restore_recovers_from_the_staged_image() {
 struct TestImage(Vec<(Vec<u8>, Vec<u8>)>);
 
 impl ringkv::raft::SnapshotImage for TestImage {
-    fn app_header(&self) -> Vec<u8> {
-        Vec::new()
-    }
     fn records(&self) -> Box<dyn Iterator<Item = ringkv::raft::snapshot::RecordResult> + Send> {
         Box::new(self.0.clone().into_iter().map(Ok))
     }
@@ -468,7 +465,7 @@ fn bad_snapshot_streams_are_refused() {
             .collect(),
     );
     let mut frames = Vec::new();
-    ringkv::raft::snapshot::write_stream(&image, 1_000_000, 1, |f| {
+    ringkv::raft::snapshot::write_stream(&image, 1_000_000, 1, b"", |f| {
         frames.push(f);
         true
     })

@@ -2,6 +2,7 @@
 //! on a log axis, since tails span orders of magnitude) and throughput per second over the run.
 
 use crate::BenchError;
+use plotters::coord::Shift;
 use plotters::prelude::*;
 use std::path::Path;
 
@@ -9,6 +10,41 @@ const SIZE: (u32, u32) = (900, 520);
 
 fn chart_error(path: &Path) -> impl Fn(String) -> BenchError + '_ {
     move |message| BenchError::Chart(format!("{}: {message}", path.display()))
+}
+
+/// Series `index`'s line, in its palette colour, with its legend entry.
+fn line<'a, CT>(
+    chart: &mut ChartContext<'a, SVGBackend<'a>, CT>,
+    index: usize,
+    label: &str,
+    points: Vec<CT::From>,
+) -> Result<(), String>
+where
+    CT: CoordTranslate,
+    CT::From: Clone + 'static,
+{
+    let color = Palette99::pick(index).to_rgba();
+    chart
+        .draw_series(LineSeries::new(points, color.stroke_width(2)))
+        .map_err(|e| e.to_string())?
+        .label(label)
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+    Ok(())
+}
+
+/// The legend, then the file written.
+fn finish<'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, SVGBackend<'a>, CT>,
+    root: &DrawingArea<SVGBackend<'a>, Shift>,
+) -> Result<(), String> {
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| e.to_string())?;
+    root.present().map_err(|e| e.to_string())
 }
 
 /// One line per series: the fraction of requests at or below each latency. `series` holds
@@ -59,23 +95,9 @@ pub fn latency_cdf(
                 (value.max(min_us), seen as f64 / total as f64)
             })
             .collect();
-        let color = Palette99::pick(index).to_rgba();
-        chart
-            .draw_series(LineSeries::new(points, color.stroke_width(2)))
-            .map_err(|e| error(e.to_string()))?
-            .label(label.clone())
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-            });
+        line(&mut chart, index, label, points).map_err(&error)?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .background_style(WHITE.mix(0.9))
-        .border_style(BLACK)
-        .draw()
-        .map_err(|e| error(e.to_string()))?;
-    root.present().map_err(|e| error(e.to_string()))
+    finish(&mut chart, &root).map_err(error)
 }
 
 /// One line per series: successful requests completed in each second of the run.
@@ -138,24 +160,10 @@ pub fn throughput_with_windows(
             .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 20, y + 5)], color.filled()));
     }
     for (index, (label, timeline)) in series.iter().enumerate() {
-        let color = Palette99::pick(index).to_rgba();
         let points: Vec<(usize, u64)> = timeline.iter().copied().enumerate().collect();
-        chart
-            .draw_series(LineSeries::new(points, color.stroke_width(2)))
-            .map_err(|e| error(e.to_string()))?
-            .label(label.clone())
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-            });
+        line(&mut chart, index, label, points).map_err(&error)?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .background_style(WHITE.mix(0.9))
-        .border_style(BLACK)
-        .draw()
-        .map_err(|e| error(e.to_string()))?;
-    root.present().map_err(|e| error(e.to_string()))
+    finish(&mut chart, &root).map_err(error)
 }
 
 #[cfg(test)]

@@ -63,6 +63,21 @@ pub enum ApiError {
     MemberBadUrls,
     #[error("etcdserver: Peer URLs already exists")]
     PeerUrlExists,
+    #[error("etcdserver: member ID already exist")]
+    MemberIdExists,
+    #[error("etcdserver: too many learner members in cluster")]
+    TooManyLearners,
+    #[error("etcdserver: can only promote a learner member which is in sync with leader")]
+    LearnerNotReady,
+    /// etcd's strict reconfiguration check: a voter not connected for `HEALTH_INTERVAL`.
+    #[error("etcdserver: unhealthy cluster")]
+    Unhealthy,
+    /// A learner answers only Status and serializable Range (`api::learner`).
+    #[error("etcdserver: rpc not supported for learner")]
+    NotSupportedForLearner,
+    /// ringkv's own: etcd has no bound on members; raft's voters are bounded here.
+    #[error("etcdserver: too many members in cluster")]
+    TooManyMembers,
     /// ringkv's own: a membership change, which needs raft conf changes (issue 5 phase 2). Code
     /// Unimplemented, so that clients do not retry it.
     #[error("etcdserver: {0} is not supported yet: membership is fixed at bootstrap")]
@@ -89,6 +104,24 @@ impl From<ConsensusError> for ApiError {
     }
 }
 
+/// The record's refusals of a membership change, as etcd's v3rpc maps them (`ErrIDRemoved`
+/// reads as "member not found" there too).
+impl From<crate::peer::ChangeRefused> for ApiError {
+    fn from(refused: crate::peer::ChangeRefused) -> ApiError {
+        use crate::peer::ChangeRefused as R;
+        match refused {
+            R::IdExists => ApiError::MemberIdExists,
+            R::IdRemoved | R::NotFound => ApiError::MemberNotFound,
+            R::PeerUrlExists => ApiError::PeerUrlExists,
+            R::TooManyLearners => ApiError::TooManyLearners,
+            R::NotLearner => ApiError::MemberNotLearner,
+            R::TooManyMembers => ApiError::TooManyMembers,
+            R::NotEnoughStarted => ApiError::MemberNotEnoughStarted,
+            R::Undecodable => ApiError::Internal(refused.to_string()),
+        }
+    }
+}
+
 impl ApiError {
     pub fn code(&self) -> Code {
         match self {
@@ -108,9 +141,12 @@ impl ApiError {
             ApiError::Apply(
                 ApplyError::Compacted | ApplyError::FutureRevision | ApplyError::LeaseTtlTooLarge,
             ) => Code::OutOfRange,
-            ApiError::Stopped | ApiError::NoLeader | ApiError::NotLeader | ApiError::Timeout => {
-                Code::Unavailable
-            }
+            ApiError::Stopped
+            | ApiError::NoLeader
+            | ApiError::NotLeader
+            | ApiError::Timeout
+            | ApiError::Unhealthy
+            | ApiError::NotSupportedForLearner => Code::Unavailable,
             ApiError::TooManyRequests | ApiError::Apply(ApplyError::NoSpace) => {
                 Code::ResourceExhausted
             }
@@ -118,7 +154,11 @@ impl ApiError {
             | ApiError::BadLeaderTransferee
             | ApiError::MemberNotEnoughStarted
             | ApiError::MemberNotLearner
-            | ApiError::PeerUrlExists => Code::FailedPrecondition,
+            | ApiError::PeerUrlExists
+            | ApiError::MemberIdExists
+            | ApiError::TooManyLearners
+            | ApiError::LearnerNotReady
+            | ApiError::TooManyMembers => Code::FailedPrecondition,
             ApiError::MembershipUnsupported(_) => Code::Unimplemented,
             ApiError::Internal(_) | ApiError::MaintenanceAuth(_) | ApiError::Recipe(_) => {
                 Code::Unknown
@@ -254,6 +294,31 @@ mod tests {
                 ApiError::PeerUrlExists,
                 Code::FailedPrecondition,
                 "etcdserver: Peer URLs already exists",
+            ),
+            (
+                ApiError::MemberIdExists,
+                Code::FailedPrecondition,
+                "etcdserver: member ID already exist",
+            ),
+            (
+                ApiError::TooManyLearners,
+                Code::FailedPrecondition,
+                "etcdserver: too many learner members in cluster",
+            ),
+            (
+                ApiError::LearnerNotReady,
+                Code::FailedPrecondition,
+                "etcdserver: can only promote a learner member which is in sync with leader",
+            ),
+            (
+                ApiError::Unhealthy,
+                Code::Unavailable,
+                "etcdserver: unhealthy cluster",
+            ),
+            (
+                ApiError::NotSupportedForLearner,
+                Code::Unavailable,
+                "etcdserver: rpc not supported for learner",
             ),
         ];
         let auth = [

@@ -9,6 +9,7 @@ pub mod election;
 pub mod error;
 pub mod http;
 pub mod kv;
+pub mod learner;
 pub mod lease;
 pub mod limit;
 pub mod lock;

@@ -9,7 +9,13 @@
 //!   URLs of the caller; the answer is the callee's. A cluster id other than ours is refused with
 //!   etcd's "request cluster ID mismatch", a member id we do not list with "unknown member".
 //! - `Send(MessageBatch) -> BatchAck`: raft-rs messages (raft's protobuf encoding) from one
-//!   member, each addressed to the callee; the same refusals. The callee hands each message to
+//!   member, each addressed to the callee; the same refusals, and a removed member is told so
+//!   with etcd's "the member has been permanently removed from the cluster" (it then stops).
+//! - `Members() -> MembersReply`: the cluster id and the membership record (for a member
+//!   joining with `--initial-cluster-state existing`, which knows neither yet).
+//! - `LearnerReady(learner id)`: asked of the leader before a promote; refused with etcd's
+//!   "can only promote a learner member which is in sync with leader" while the learner's log
+//!   is below 90% of the leader's. The callee hands each message to
 //!   its raft loop, dropping it if the loop's queue is full; the ack only means "received".
 //!
 //! # Limits
@@ -19,6 +25,7 @@
 //! the largest gRPC message either side accepts. Memory per peer stays bounded by the queue and
 //! raft's own `max_inflight_msgs` x `max_size_per_msg`.
 
+pub mod change;
 pub mod members;
 pub mod service;
 pub mod snapshot;
@@ -29,9 +36,10 @@ use std::time::Duration;
 
 use crate::raft::RaftHandle;
 
-pub use members::{MemberInfo, Members, MembersError};
+pub use change::{Change, ChangeRefused, ClusterMembership};
+pub use members::{MemberInfo, Members, MembersError, MembershipImage};
 pub use service::RaftPeerService;
-pub use transport::{transport, PeerSenders, PeerTransport};
+pub use transport::{PeerSet, PeerTransport};
 
 /// Limits of the peer transport. [`PeerConfig::new`] is the production profile.
 #[derive(Debug, Clone)]
@@ -77,6 +85,7 @@ pub struct PeerContext {
     pub cluster_id: u64,
     pub member_id: u64,
     pub members: Arc<Members>,
+    pub peers: Arc<PeerSet>,
     pub raft: RaftHandle,
     /// Where received snapshots are staged (`member/raft-snap`).
     pub staging: snapshot::Staging,
@@ -90,6 +99,13 @@ pub enum PeerError {
     ClusterIdMismatch,
     #[error("unknown member {0:016x}")]
     UnknownMember(u64),
+    /// etcd's message (its peers answer 410 Gone); the sender stops when it reads it.
+    #[error("the member has been permanently removed from the cluster")]
+    Removed,
+    #[error("not leader")]
+    NotLeader,
+    #[error("{0}")]
+    LearnerNotReady(String),
     #[error("undecodable raft message")]
     Undecodable,
     #[error("raft message from {from:016x} to {to:016x} on the wrong connection")]
@@ -121,16 +137,18 @@ impl From<PeerError> for tonic::Status {
     fn from(error: PeerError) -> tonic::Status {
         let message = error.to_string();
         match error {
-            PeerError::ClusterIdMismatch | PeerError::UnknownMember(_) => {
-                tonic::Status::failed_precondition(message)
-            }
+            PeerError::ClusterIdMismatch
+            | PeerError::UnknownMember(_)
+            | PeerError::LearnerNotReady(_) => tonic::Status::failed_precondition(message),
+            PeerError::Removed => tonic::Status::permission_denied(message),
             PeerError::Undecodable
             | PeerError::Misaddressed { .. }
             | PeerError::SnapshotMismatch { .. }
             | PeerError::Stream(_) => tonic::Status::invalid_argument(message),
-            PeerError::Stopped | PeerError::SnapshotBusy | PeerError::Overloaded => {
-                tonic::Status::unavailable(message)
-            }
+            PeerError::NotLeader
+            | PeerError::Stopped
+            | PeerError::SnapshotBusy
+            | PeerError::Overloaded => tonic::Status::unavailable(message),
             PeerError::SnapshotIo(_) => tonic::Status::internal(message),
         }
     }

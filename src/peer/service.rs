@@ -7,7 +7,10 @@ use std::sync::Arc;
 use protobuf::Message as _;
 use raft::eraftpb::Message;
 use ringkv_proto::ringkvpeerpb::raft_peer_server::RaftPeer;
-use ringkv_proto::ringkvpeerpb::{BatchAck, Hello, MessageBatch, SnapshotAck, SnapshotChunk};
+use ringkv_proto::ringkvpeerpb::{
+    BatchAck, Hello, LearnerReadyReply, LearnerReadyRequest, MembersReply, MembersRequest,
+    MessageBatch, SnapshotAck, SnapshotChunk,
+};
 use tonic::{Request, Response, Status};
 
 use super::{PeerContext, PeerError};
@@ -25,6 +28,9 @@ impl RaftPeerService {
     fn check_sender(&self, cluster_id: u64, from: u64) -> Result<(), PeerError> {
         if cluster_id != self.ctx.cluster_id {
             return Err(PeerError::ClusterIdMismatch);
+        }
+        if self.ctx.members.is_removed(from) {
+            return Err(PeerError::Removed);
         }
         if from == self.ctx.member_id || self.ctx.members.get(from).is_none() {
             return Err(PeerError::UnknownMember(from));
@@ -83,5 +89,40 @@ impl RaftPeer for RaftPeerService {
             name: local.name,
             client_urls: local.client_urls,
         }))
+    }
+
+    async fn members(
+        &self,
+        _request: Request<MembersRequest>,
+    ) -> Result<Response<MembersReply>, Status> {
+        Ok(Response::new(MembersReply {
+            cluster_id: self.ctx.cluster_id,
+            image: self.ctx.members.image().encode(),
+        }))
+    }
+
+    async fn learner_ready(
+        &self,
+        request: Request<LearnerReadyRequest>,
+    ) -> Result<Response<LearnerReadyReply>, Status> {
+        let req = request.into_inner();
+        self.check_sender(req.cluster_id, req.from)?;
+        let progress = self
+            .ctx
+            .raft
+            .learner_progress(req.learner_id)
+            .await
+            .map_err(|e| match e {
+                crate::raft::RaftError::NotLeader { .. } => PeerError::NotLeader,
+                _ => PeerError::Stopped,
+            })?;
+        if !super::change::learner_ready(progress) {
+            return Err(PeerError::LearnerNotReady(format!(
+                "learner {:016x} has {:?} of the leader's {}",
+                req.learner_id, progress.learner_match, progress.leader_match
+            ))
+            .into());
+        }
+        Ok(Response::new(LearnerReadyReply {}))
     }
 }

@@ -283,10 +283,11 @@ async fn send(ctx: &PeerContext, config: &PeerConfig, msg: Message) -> Result<(u
     let bytes_sent = Arc::new(AtomicU64::new(0));
     let progress = Arc::new(AtomicU64::new(0));
     let (index, term, image) = (registered.index, registered.term, registered.image);
+    let app = registered.app;
     let (counted, moved) = (bytes_sent.clone(), progress.clone());
     let producer = tokio::task::spawn_blocking(move || {
         let mut first = Some(first);
-        write_stream(&*image, index, term, |frame| {
+        write_stream(&*image, index, term, &app, |frame| {
             counted.fetch_add(frame.len() as u64, Ordering::Relaxed);
             moved.fetch_add(1, Ordering::Relaxed);
             let chunk = match first.take() {

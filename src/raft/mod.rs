@@ -32,11 +32,38 @@
 //! calls `report_unreachable`). Messages from peers come in through [`RaftHandle::step`] on the
 //! bounded request queue, and dropped ones are retransmitted by raft. Messages of a `Ready` that
 //! promise durable state (votes, append responses: `persisted_messages`) are sent only after
-//! that state is durable; a leader's appends go out before its own fdatasync. Membership is the
-//! `RaftConfig::voters` at bootstrap (every member starts with the same `ConfState` and an empty
-//! log); a snapshot carries the `ConfState` at its index.
+//! that state is durable; a leader's appends go out before its own fdatasync. Without a
+//! [`Membership`] the voters are the fixed `RaftConfig::voters` (every member starts with the
+//! same `ConfState` and an empty log); with one, membership changes as below. A snapshot
+//! carries the `ConfState` at its index.
 //! Linearizable reads use ReadIndex on any member (a follower's request is forwarded to the
 //! leader). With one voter there is no transport and no network on the write path.
+//!
+//! # Membership changes (`conf.rs`)
+//!
+//! A change is a raft `ConfChange` (v1: one voter or learner added, removed, or promoted at a
+//! time, as etcd 3.4 does; no joint consensus) proposed through the request queue like any
+//! proposal, under a request id, with the application's description of the change in the
+//! `ConfChange::context`. When it commits, the loop hands it to the application's
+//! [`Membership`] in log order with the data entries around it (the data entries before it are
+//! applied first). The application decides, from its membership alone (so every member decides
+//! the same), whether the change applies; if it does, it records the new membership durably
+//! **before returning** (together with the change's index, `Membership::conf_index`), and the
+//! loop then calls `RawNode::apply_conf_change` and checks that raft's new `ConfState` is the
+//! one the application derives from its record. A refused change is not applied to raft
+//! (etcd applies an empty change in that case). The reply bytes go to the proposer.
+//!
+//! Restart: the `ConfState` raft starts from is the application's (`Membership::conf_state`),
+//! which reflects every change up to `conf_index`. Conf-change entries at or below
+//! `conf_index` that raft hands back (they are above the state machine's applied index) are
+//! passed over; those above are applied. Because the record is made durable before any later
+//! entry is applied, every change at or below the state machine's durable applied index is at
+//! or below `conf_index`: raft never starts past a change the record lacks. A member joining an
+//! existing cluster starts from the membership and `conf_index` a peer reported, with an empty
+//! log, and replays the changes above that index when the leader sends them. A raft snapshot
+//! must carry the membership and its `conf_index`: `Membership::snapshot` gives the bytes when
+//! one is taken, and installing one calls `Membership::restore`, which records them (and
+//! re-targets the transport) and returns the `ConfState` raft takes from the snapshot.
 //!
 //! # Restart
 //!
@@ -63,15 +90,19 @@
 //!
 //! A raft snapshot here is the raft metadata (index, term, `ConfState`) plus a 12-byte
 //! descriptor in `Snapshot::data` naming a [`SnapshotImage`]; the state itself travels beside
-//! the raft message, as etcd sends its db after the `MsgSnapshot`.
+//! the raft message, as etcd sends its db after the `MsgSnapshot`, and the membership record
+//! (`Membership::snapshot`) in the image's header.
 //!
 //! - **Leader, building.** raft-rs asks `Storage::snapshot` when a follower needs an entry at or
 //!   below the log's snapshot marker. The `LogStore` answers with the image the loop prepared if
 //!   it is still usable (its index is at or above the marker and the request), else it records
 //!   the request and says "temporarily unavailable"; at the end of that iteration the loop asks
 //!   the state machine for an image (`StateMachine::snapshot`: the server pins a page-store
-//!   snapshot, so this costs no copy) at the applied index, registers it under a fresh id and
-//!   keeps it in the `LogStore`; raft-rs asks again on the follower's next heartbeat response.
+//!   snapshot, so this costs no copy) at the applied index, registers it under a fresh id with
+//!   the membership's bytes and keeps it in the `LogStore`; raft-rs asks again on the
+//!   follower's next heartbeat response. The metadata's `ConfState` is raft's at the applied
+//!   index (conf changes apply in log order with the entries), and the loop checks that it is
+//!   the membership record's and that the record is not newer than the image.
 //!   An image is dropped once log compaction passes it.
 //! - **Leader, sending.** The `MsgSnapshot` goes to the transport like any message; the peer
 //!   transport hands it to a snapshot sender task (tokio), which looks the image up by id and
@@ -85,21 +116,32 @@
 //! - **Follower, installing** (a `Ready` with a snapshot, before its entries): (1) a hard state
 //!   and a WAL snapshot marker at the snapshot index, durable; the in-memory log is reset to the
 //!   marker with the snapshot's `ConfState`; older WAL segments are released; (2)
-//!   `StateMachine::restore` replaces the whole state with the staged image, durably, with its
-//!   consistent index = the snapshot index; (3) the applied index moves to it. Waiters for
+//!   `StateMachine::restore` opens the staged image and hands its header to
+//!   `Membership::restore`, which records the membership durably (and re-targets the
+//!   transport) and returns its `ConfState`, checked equal to the snapshot's; then it replaces
+//!   the whole state with the image, durably, with its consistent index = the snapshot index;
+//!   (3) the applied index moves to it. Waiters for
 //!   entries the snapshot covers are answered nothing (they time out: their entries may or may
 //!   not be in the image). A crash between (1) and (2) restarts with the state machine behind
-//!   the marker: the engine restores the staged image of that index before starting (etcd
-//!   reopens its backend from `snap/<index>.snap.db` the same way), and refuses to start
-//!   (`StateMachineBehindLog`) if it is gone.
+//!   the marker: the engine restores the staged image of that index, membership first, before
+//!   starting raft, which then takes the restored record's `ConfState` (etcd reopens its
+//!   backend from `snap/<index>.snap.db` the same way), and refuses to start
+//!   (`StateMachineBehindLog`) if it is gone. Restoring the membership twice is harmless (the
+//!   record's index does not go back). After the restore the record reflects every change up
+//!   to the snapshot index (its own index is the last change's, at or below it), so a restart
+//!   starts raft from the snapshot's `ConfState`.
 //!
 //! # Limitations (issue 5)
 //!
-//! - Membership is fixed at bootstrap; conf-change entries are never proposed.
+//! - Without a `Membership` (a member started alone), membership is fixed: conf-change
+//!   entries are never proposed.
+//! - raft-rs accepts one pending change at a time: a change proposed while another is
+//!   uncommitted becomes an empty entry and its proposer is answered `Dropped`.
 //! - A forwarded proposal lost on the way (leader change) is answered only by `Timeout`.
 //! - The follower's raft loop is busy while it restores an image (one write transaction over
 //!   the whole state); it neither ticks nor campaigns meanwhile.
 
+mod conf;
 mod config;
 mod error;
 mod log;
@@ -112,8 +154,9 @@ use std::future::Future;
 use std::sync::Arc;
 
 use parking_lot::{Condvar, Mutex};
-use raft::eraftpb::Message;
+use raft::eraftpb::{ConfChange, Message};
 
+pub use conf::{LearnerProgress, Membership};
 pub use config::{RaftConfig, VOTERS_MAX};
 pub use error::RaftError;
 pub use snapshot::{SnapshotImage, SnapshotStreamError};
@@ -148,9 +191,17 @@ pub trait StateMachine: Send + 'static {
     }
     /// Replaces the whole state with the image staged for raft index `index` (see
     /// `snapshot.rs`), durably, so that `applied_index()` and `durable_index()` are `index`
-    /// afterwards. Called only with `index` above `applied_index()`. An error halts the loop.
-    fn restore(&mut self, index: u64, term: u64) -> Result<(), String> {
-        let _ = term;
+    /// afterwards. Called only with `index` above `applied_index()`. Before it changes any
+    /// state it hands the image header's app bytes (the engine's: the membership record) to
+    /// `header`, and stops with that error if `header` refuses them; so once the state is
+    /// restored, the membership is too. An error halts the loop.
+    fn restore(
+        &mut self,
+        index: u64,
+        term: u64,
+        header: &mut dyn FnMut(&[u8]) -> Result<(), String>,
+    ) -> Result<(), String> {
+        let _ = (term, header);
         Err(format!(
             "this state machine cannot restore snapshots (index {index})"
         ))
@@ -331,6 +382,44 @@ impl RaftHandle {
         }
     }
 
+    /// Proposes a membership change (see "Membership changes"); resolves with the
+    /// [`Membership`]'s reply once it has applied on this member. Errors as `propose`, and
+    /// `InvalidConfig` on a member without a `Membership`.
+    pub fn propose_conf_change(
+        &self,
+        change: ConfChange,
+    ) -> impl Future<Output = Result<Vec<u8>, RaftError>> + Send + 'static {
+        let inner = self.inner.clone();
+        async move {
+            let (reply, done) = futures::channel::oneshot::channel();
+            let change = Box::new(change);
+            inner
+                .shared
+                .queue
+                .push(Request::ProposeConfChange { change, reply })
+                .await?;
+            done.await.unwrap_or(Err(RaftError::Stopped))
+        }
+    }
+
+    /// The leader's view of how far member `id`'s log is (etcd checks it before promoting a
+    /// learner); `NotLeader` on any other member.
+    pub fn learner_progress(
+        &self,
+        id: u64,
+    ) -> impl Future<Output = Result<LearnerProgress, RaftError>> + Send + 'static {
+        let inner = self.inner.clone();
+        async move {
+            let (reply, done) = futures::channel::oneshot::channel();
+            inner
+                .shared
+                .queue
+                .push(Request::LearnerProgress { id, reply })
+                .await?;
+            done.await.unwrap_or(Err(RaftError::Stopped))
+        }
+    }
+
     /// Hands a raft message from a peer to the loop. Never waits: a full queue drops the message
     /// (`Overloaded`) and raft retransmits.
     pub fn step(&self, msg: Message) -> Result<(), RaftError> {
@@ -449,6 +538,19 @@ pub fn start_with_transport(
     start_with(GlommioDisk, cfg, sm, Some(transport))
 }
 
+/// [`start`] for a member whose membership changes: raft's configuration is `membership`'s
+/// (`cfg.voters` is ignored) and follows the conf changes it applies; `transport` carries
+/// messages to whichever peers that membership has.
+pub fn start_with_membership(
+    mut cfg: RaftConfig,
+    sm: Box<dyn StateMachine>,
+    transport: Box<dyn Transport>,
+    membership: Box<dyn Membership>,
+) -> Result<RaftHandle, RaftError> {
+    cfg.voters = vec![cfg.member_id];
+    start_inner(GlommioDisk, cfg, sm, Some(transport), Some(membership))
+}
+
 /// [`start`] on any disk: tests pass a `wal::sim::SimDisk`, which loses and tears unsynced
 /// writes at a simulated crash.
 pub fn start_with_disk<D: Disk + Send>(
@@ -465,6 +567,16 @@ pub fn start_with<D: Disk + Send>(
     cfg: RaftConfig,
     sm: Box<dyn StateMachine>,
     transport: Option<Box<dyn Transport>>,
+) -> Result<RaftHandle, RaftError> {
+    start_inner(disk, cfg, sm, transport, None)
+}
+
+fn start_inner<D: Disk + Send>(
+    disk: D,
+    cfg: RaftConfig,
+    sm: Box<dyn StateMachine>,
+    transport: Option<Box<dyn Transport>>,
+    membership: Option<Box<dyn Membership>>,
 ) -> Result<RaftHandle, RaftError> {
     cfg.validate()?;
     if cfg.voters.len() > 1 && transport.is_none() {
@@ -495,7 +607,16 @@ pub fn start_with<D: Disk + Send>(
         .io_memory(cfg.wal.writer_io_memory_bytes)
         .spawn(move || async move {
             let _finish = FinishGuard(thread_shared.clone());
-            node::run(disk, cfg, sm, transport, thread_shared, opened_tx).await;
+            node::run(
+                disk,
+                cfg,
+                sm,
+                transport,
+                membership,
+                thread_shared,
+                opened_tx,
+            )
+            .await;
         })
         .map_err(|e| RaftError::Io(e.into()))?;
     match opened_rx.recv() {

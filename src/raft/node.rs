@@ -43,9 +43,10 @@ use std::sync::Arc;
 use std::time::Instant;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use raft::eraftpb::{ConfState, Entry, EntryType, Message, MessageType, Snapshot};
+use raft::eraftpb::{ConfChange, ConfState, Entry, EntryType, Message, MessageType, Snapshot};
 use raft::{RawNode, Ready, SnapshotStatus, StateRole};
 
+use super::conf::{self, Membership};
 use super::queue::{ProposeReply, ReadReply, Request};
 use super::snapshot::{decode_descriptor, encode_descriptor, RegisteredImage};
 use super::storage::{encode_entry, LogStore, REQUEST_ID_BYTES};
@@ -91,6 +92,18 @@ fn first_sequence() -> u64 {
         .map_or(1, |d| d.as_nanos() as u64)
 }
 
+/// What the application hands the loop: its state machine, transport and membership.
+type Parts = (
+    Box<dyn StateMachine>,
+    Option<Box<dyn Transport>>,
+    Option<Box<dyn Membership>>,
+);
+
+enum Payload {
+    Data(Vec<u8>),
+    ConfChange(Box<ConfChange>),
+}
+
 struct ReadWaiter {
     deadline: Instant,
     reply: ReadReply,
@@ -121,6 +134,8 @@ pub struct Node {
     cfg: RaftConfig,
     /// Peers' messages go here; `None` for a single member (raft addresses no one).
     transport: Option<Box<dyn Transport>>,
+    /// Where conf changes apply; `None`: the voters are fixed (`RaftConfig::voters`).
+    membership: Option<Box<dyn Membership>>,
     /// Proposals made on this member, by sequence number, waiting for their entry to apply.
     proposals: HashMap<u64, Proposal>,
     /// Proposals this member appended as leader: index -> sequence. An entry of another request
@@ -154,6 +169,7 @@ pub async fn run<D: Disk>(
     cfg: RaftConfig,
     sm: Box<dyn StateMachine>,
     transport: Option<Box<dyn Transport>>,
+    membership: Option<Box<dyn Membership>>,
     shared: Arc<Shared>,
     opened: std::sync::mpsc::Sender<Result<Wal, RaftError>>,
 ) {
@@ -165,7 +181,8 @@ pub async fn run<D: Disk>(
         }
     };
     glommio::spawn_local(writer.run()).detach();
-    let mut node = match Node::new(cfg, sm, transport, shared, wal.clone(), &recovered).await {
+    let parts = (sm, transport, membership);
+    let mut node = match Node::new(cfg, parts, shared, wal.clone(), &recovered).await {
         Ok(node) => node,
         Err(e) => {
             let _ = wal.shutdown().await;
@@ -187,8 +204,7 @@ pub async fn run<D: Disk>(
 impl Node {
     async fn new(
         cfg: RaftConfig,
-        sm: Box<dyn StateMachine>,
-        transport: Option<Box<dyn Transport>>,
+        (sm, transport, membership): Parts,
         shared: Arc<Shared>,
         wal: Wal,
         recovered: &wal::Recovered,
@@ -211,19 +227,28 @@ impl Node {
                 .await?;
             }
         }
-        // Fixed membership (phase 1): every member starts from the same voters and an empty log.
-        let conf_state = ConfState::from((cfg.voters.clone(), Vec::<u64>::new()));
-        let store = LogStore::from_recovered(recovered, conf_state)?;
-        let mut sm = sm;
+        // Fixed membership: every member starts from the same voters and an empty log.
+        // Otherwise the record's, which reflects every change up to its conf index.
+        let conf_state = match &membership {
+            Some(m) => m.conf_state(),
+            None => ConfState::from((cfg.voters.clone(), Vec::<u64>::new())),
+        };
+        let mut store = LogStore::from_recovered(recovered, conf_state)?;
+        let (mut sm, mut membership) = (sm, membership);
         let snapshot_index = store.snapshot_index();
         if sm.applied_index() < snapshot_index {
-            // A crash between a received snapshot's WAL marker and its restore.
-            restore_at_start(
+            // A crash between a received snapshot's WAL marker and its restore: the membership
+            // may be the old one too, and is restored with the state.
+            let restored = restore_at_start(
                 &mut *sm,
+                membership.as_deref_mut(),
                 snapshot_index,
                 store.snapshot_term(),
                 cfg.member_id,
             );
+            if let Some(conf_state) = restored {
+                store.set_conf_state(conf_state);
+            }
         }
         let sm_applied = sm.applied_index();
         let last_index = raft::Storage::last_index(&store)?;
@@ -262,6 +287,7 @@ impl Node {
             wal,
             shared,
             transport,
+            membership,
             proposals: HashMap::new(),
             leader_indexes: BTreeMap::new(),
             next_seq: first_sequence(),
@@ -286,7 +312,8 @@ impl Node {
     /// timeout (with peers this stays with the election timer), and persist and apply
     /// what that yields, so `start` returns with a leader and the log replayed.
     async fn begin(&mut self) -> Result<(), RaftError> {
-        if self.raw.raft.prs().conf().voters().ids().len() == 1 {
+        let voters = self.raw.raft.prs().conf().voters().ids();
+        if voters.len() == 1 && voters.contains(self.cfg.member_id) {
             self.raw.campaign()?;
         }
         while self.raw.has_ready() {
@@ -347,7 +374,20 @@ impl Node {
     fn handle_request(&mut self, request: Request) {
         let deadline = Instant::now() + self.cfg.request_timeout;
         match request {
-            Request::Propose { data, reply } => self.propose(data, reply, deadline),
+            Request::Propose { data, reply } => {
+                self.propose(Payload::Data(data), reply, deadline);
+            }
+            Request::ProposeConfChange { change, reply } => {
+                if self.membership.is_none() {
+                    let reason = "this member's membership is fixed".to_owned();
+                    let _ = reply.send(Err(RaftError::InvalidConfig(reason)));
+                } else {
+                    self.propose(Payload::ConfChange(change), reply, deadline);
+                }
+            }
+            Request::LearnerProgress { id, reply } => {
+                let _ = reply.send(conf::learner_progress(&self.raw, id));
+            }
             Request::ReadIndex { reply } => {
                 self.reads.unsent.push(ReadWaiter { deadline, reply });
             }
@@ -372,8 +412,9 @@ impl Node {
         }
     }
 
-    /// Proposes `data` under a new request id; on a follower raft-rs forwards it to the leader.
-    fn propose(&mut self, data: Vec<u8>, reply: ProposeReply, deadline: Instant) {
+    /// Proposes `payload` under a new request id; on a follower raft-rs forwards it to the
+    /// leader.
+    fn propose(&mut self, payload: Payload, reply: ProposeReply, deadline: Instant) {
         let raft = &self.raw.raft;
         if raft.leader_id == raft::INVALID_ID {
             let _ = reply.send(Err(RaftError::NotLeader { leader_id: 0 }));
@@ -383,7 +424,12 @@ impl Node {
         let leading = raft.state == StateRole::Leader;
         let seq = self.next_seq;
         self.next_seq += 1;
-        if let Err(e) = self.raw.propose(request_id(self.cfg.member_id, seq), data) {
+        let id = request_id(self.cfg.member_id, seq);
+        let proposed = match payload {
+            Payload::Data(data) => self.raw.propose(id, data),
+            Payload::ConfChange(change) => self.raw.propose_conf_change(id, *change),
+        };
+        if let Err(e) = proposed {
             let error = match e {
                 // A leader transferring leadership, or a follower that lost its leader.
                 raft::Error::ProposalDropped => RaftError::NotLeader { leader_id },
@@ -545,8 +591,9 @@ impl Node {
         Ok(())
     }
 
-    /// Hands committed entries with data to the state machine in one batch and answers their
-    /// proposers.
+    /// Hands committed entries with data to the state machine in batches and answers their
+    /// proposers; a conf change ends a batch and goes to the membership (`conf.rs`), so both see
+    /// the log in order.
     fn apply(&mut self, entries: Vec<Entry>) {
         if entries.is_empty() {
             return;
@@ -559,15 +606,19 @@ impl Node {
                 self.applied + 1,
                 "committed entries arrive contiguous and in order"
             );
-            self.applied = e.index;
-            assert_eq!(
-                e.get_entry_type(),
-                EntryType::EntryNormal,
-                "conf changes are never proposed (membership is fixed in phase 1)"
-            );
             let own_seq = parse_request_id(&e.context)
                 .filter(|&(member, _)| member == self.cfg.member_id)
                 .map(|(_, seq)| seq);
+            if e.get_entry_type() != EntryType::EntryNormal {
+                self.apply_batch(&batch, std::mem::take(&mut replies));
+                batch.clear();
+                self.applied = e.index;
+                self.drop_replaced(e.index, own_seq);
+                let waiter = own_seq.and_then(|seq| self.proposals.remove(&seq));
+                self.apply_conf_entry(&e, waiter);
+                continue;
+            }
+            self.applied = e.index;
             self.drop_replaced(e.index, own_seq);
             let waiter = own_seq.and_then(|seq| self.proposals.remove(&seq));
             let pass_over = e.index <= self.skip_through || e.data.is_empty();
@@ -594,10 +645,15 @@ impl Node {
                 "a proposal below applied was never answered"
             );
         }
+        self.apply_batch(&batch, replies);
+    }
+
+    /// One `StateMachine::apply` call, then the replies.
+    fn apply_batch(&mut self, batch: &[Committed], replies: Vec<Option<ProposeReply>>) {
         if batch.is_empty() {
             return;
         }
-        let results = self.sm.apply(&batch);
+        let results = self.sm.apply(batch);
         assert_eq!(
             results.len(),
             batch.len(),
@@ -610,6 +666,25 @@ impl Node {
             if let Some(reply) = reply {
                 let _ = reply.send(Ok(result));
             }
+        }
+    }
+
+    /// A committed conf change: to the membership, then raft (`conf::apply_entry`).
+    fn apply_conf_entry(&mut self, e: &Entry, waiter: Option<Proposal>) {
+        let Some(membership) = self.membership.as_mut() else {
+            panic!(
+                "conf change at index {} in the log of a member whose membership is fixed",
+                e.index
+            );
+        };
+        let reply = conf::apply_entry(&mut self.raw, membership.as_mut(), e);
+        self.publish_status();
+        if let Some(w) = waiter {
+            let _ = w.reply.send(match reply {
+                Some(reply) => Ok(reply),
+                // Reflected by the record before this process started: not this waiter's.
+                None => Err(RaftError::Dropped { index: e.index }),
+            });
         }
     }
 
@@ -809,17 +884,30 @@ impl Node {
     }
 }
 
-/// Restores the state machine from the image staged for the log's snapshot marker, at start;
-/// if it cannot, the caller refuses to start (`StateMachineBehindLog`).
-fn restore_at_start(sm: &mut dyn StateMachine, index: u64, term: u64, member_id: u64) {
+/// Restores the state machine and the membership from the image staged for the log's snapshot
+/// marker, at start; the configuration raft starts from, if the membership was restored. If
+/// the state cannot be restored, the caller refuses to start (`StateMachineBehindLog`).
+fn restore_at_start(
+    sm: &mut dyn StateMachine,
+    mut membership: Option<&mut (dyn Membership + 'static)>,
+    index: u64,
+    term: u64,
+    member_id: u64,
+) -> Option<ConfState> {
     eprintln!(
         "raft[{member_id:x}]: info: the state machine is at {} behind the log's snapshot at \
          {index}: restoring the staged snapshot",
         sm.applied_index()
     );
-    if let Err(reason) = sm.restore(index, term) {
+    let mut conf_state = None;
+    let restored = sm.restore(index, term, &mut |header| {
+        conf_state = conf::restore(membership.as_deref_mut(), header)?;
+        Ok(())
+    });
+    if let Err(reason) = restored {
         eprintln!("raft[{member_id:x}]: error: restoring the snapshot at {index}: {reason}");
     }
+    conf_state
 }
 
 /// Snapshots: preparing one for followers (leader) and installing a received one (follower).
@@ -832,8 +920,11 @@ impl Node {
             return;
         };
         let index = self.applied;
-        if index < request_index || index < self.raw.store().snapshot_index() {
-            // Not applied far enough yet; raft asks again.
+        let conf_index = self.membership.as_ref().map_or(0, |m| m.conf_index());
+        if index < request_index || index < self.raw.store().snapshot_index() || index < conf_index
+        {
+            // Not applied far enough yet (after a restart the membership record may be ahead
+            // of the replay); raft asks again.
             return;
         }
         let Some(image) = self.sm.snapshot() else {
@@ -855,11 +946,32 @@ impl Node {
             Ok(term) => term,
             Err(e) => panic!("the applied index {index} has a term in the log: {e}"),
         };
+        // raft's configuration at the applied index: conf changes apply in log order with the
+        // entries, so it is the one at the image's index, and the membership record's.
+        let conf_state = self.raw.raft.prs().conf().to_conf_state();
+        let app = match &self.membership {
+            Some(m) => {
+                let recorded = m.conf_state();
+                assert!(
+                    conf::same_members(&conf_state, &recorded),
+                    "the snapshot at {index}: raft's configuration {conf_state:?} differs from \
+                     the recorded {recorded:?} (as of index {conf_index})"
+                );
+                m.snapshot()
+            }
+            None => Vec::new(),
+        };
         let id = self.next_image_id;
         self.next_image_id += 1;
-        self.shared
-            .images
-            .insert(id, RegisteredImage { index, term, image });
+        self.shared.images.insert(
+            id,
+            RegisteredImage {
+                index,
+                term,
+                app: app.into(),
+                image,
+            },
+        );
         let mut snapshot = Snapshot {
             data: encode_descriptor(id).into(),
             ..Snapshot::default()
@@ -867,7 +979,7 @@ impl Node {
         let meta = snapshot.mut_metadata();
         meta.index = index;
         meta.term = term;
-        meta.set_conf_state(self.raw.raft.prs().conf().to_conf_state());
+        meta.set_conf_state(conf_state);
         self.set_prepared(Some(snapshot));
     }
 
@@ -906,9 +1018,23 @@ impl Node {
         self.wal.release_to(index).await?;
         super::snapshot::failpoint("raft-snapshot-marked");
         let started = Instant::now();
+        let mut restored_conf = None;
+        let membership = &mut self.membership;
         self.sm
-            .restore(index, term)
+            .restore(index, term, &mut |header| {
+                restored_conf = conf::restore(membership.as_deref_mut(), header)?;
+                Ok(())
+            })
             .map_err(|reason| RaftError::Restore { index, reason })?;
+        if let Some(recorded) = restored_conf {
+            let taken = snapshot.get_metadata().get_conf_state();
+            assert!(
+                conf::same_members(taken, &recorded),
+                "the snapshot at {index}: raft took the configuration {taken:?}, its membership \
+                 record says {recorded:?}"
+            );
+            self.raw.mut_store().set_conf_state(recorded);
+        }
         assert_eq!(
             self.sm.applied_index(),
             index,

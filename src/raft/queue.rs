@@ -12,12 +12,14 @@ use std::task::{Poll, Waker};
 use futures::channel::oneshot;
 use futures::task::AtomicWaker;
 use parking_lot::Mutex;
-use raft::eraftpb::Message;
+use raft::eraftpb::{ConfChange, Message};
 
+use super::conf::LearnerProgress;
 use super::RaftError;
 
 pub type ProposeReply = oneshot::Sender<Result<Vec<u8>, RaftError>>;
 pub type ReadReply = oneshot::Sender<Result<(), RaftError>>;
+pub type ProgressReply = oneshot::Sender<Result<LearnerProgress, RaftError>>;
 
 /// One request for the raft loop.
 pub enum Request {
@@ -27,6 +29,16 @@ pub enum Request {
     },
     ReadIndex {
         reply: ReadReply,
+    },
+    /// A membership change (`conf.rs`); answered like a proposal.
+    ProposeConfChange {
+        change: Box<ConfChange>,
+        reply: ProposeReply,
+    },
+    /// The leader's view of a learner's log.
+    LearnerProgress {
+        id: u64,
+        reply: ProgressReply,
     },
     /// A raft message from a peer (the transport's receiving side).
     Step(Box<Message>),
@@ -43,7 +55,10 @@ impl Request {
     /// Answers the request with an error (the reply channel takes one of either kind).
     pub fn fail(self, error: impl FnOnce() -> RaftError) {
         match self {
-            Request::Propose { reply, .. } => {
+            Request::Propose { reply, .. } | Request::ProposeConfChange { reply, .. } => {
+                let _ = reply.send(Err(error()));
+            }
+            Request::LearnerProgress { reply, .. } => {
                 let _ = reply.send(Err(error()));
             }
             Request::ReadIndex { reply } => {
@@ -136,7 +151,9 @@ impl RequestQueue {
             match &request {
                 Request::Propose { data, .. } => bytes += data.len(),
                 Request::Step(m) => bytes += m.entries.iter().map(|e| e.data.len()).sum::<usize>(),
+                Request::ProposeConfChange { change, .. } => bytes += change.context.len(),
                 Request::ReadIndex { .. }
+                | Request::LearnerProgress { .. }
                 | Request::Unreachable(_)
                 | Request::SnapshotStatus { .. } => {}
             }

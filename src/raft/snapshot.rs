@@ -13,8 +13,8 @@
 //! ```text
 //! frame   | crc32c u32 | kind u8 | seq u32 | len u32 | payload (len bytes) |
 //!           crc32c (Castagnoli) of kind ‖ seq ‖ len ‖ payload; seq = 0, 1, 2, ... in stream order
-//! kind 1  header (seq 0 only):  index u64 | term u64 | app bytes (the rest: the state machine's
-//!                               own metadata, e.g. the member list)
+//! kind 1  header (seq 0 only):  index u64 | term u64 | app bytes (the rest: the engine's
+//!                               metadata: the membership record, `Membership::snapshot`)
 //! kind 2  records:              (klen u32 | vlen u32 | key | value)+, keys strictly ascending
 //!                               across the whole stream
 //! kind 3  end (last frame):     records u64 (in all record frames) | frames u32 (before this)
@@ -36,8 +36,6 @@ pub type RecordResult = std::result::Result<(Vec<u8>, Vec<u8>), String>;
 /// A point-in-time image of the state machine, readable from another thread while the state
 /// machine goes on applying (it pins what it reads).
 pub trait SnapshotImage: Send + Sync + 'static {
-    /// The state machine's own metadata sent with the image (the server: its member list).
-    fn app_header(&self) -> Vec<u8>;
     /// Every record of the state, in strictly ascending key order. Blocking I/O: call it on a
     /// thread that may block.
     fn records(&self) -> Box<dyn Iterator<Item = RecordResult> + Send>;
@@ -107,19 +105,21 @@ fn seal(kind: u8, seq: u32, payload: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Writes an image as frames, handing each to `emit` as soon as it is complete; `emit`
-/// returning `false` (the receiver went away) stops the walk. Returns the records written.
+/// Writes an image as frames, `app` in its header, handing each to `emit` as soon as it is
+/// complete; `emit` returning `false` (the receiver went away) stops the walk. Returns the
+/// records written.
 pub fn write_stream(
     image: &dyn SnapshotImage,
     index: u64,
     term: u64,
+    app: &[u8],
     mut emit: impl FnMut(Vec<u8>) -> bool,
 ) -> Result<u64> {
     let closed = || SnapshotStreamError::Source("the receiver went away".into());
     let mut header = Vec::new();
     header.extend_from_slice(&index.to_be_bytes());
     header.extend_from_slice(&term.to_be_bytes());
-    header.extend_from_slice(&image.app_header());
+    header.extend_from_slice(app);
     if !emit(seal(KIND_HEADER, 0, &header)) {
         return Err(closed());
     }
@@ -459,6 +459,8 @@ pub fn decode_descriptor(data: &[u8]) -> Option<u64> {
 pub struct RegisteredImage {
     pub index: u64,
     pub term: u64,
+    /// The header's app bytes: the membership record at `index` (empty without one).
+    pub app: Arc<[u8]>,
     pub image: Arc<dyn SnapshotImage>,
 }
 
@@ -491,9 +493,6 @@ mod tests {
     struct Fixed(Vec<(Vec<u8>, Vec<u8>)>);
 
     impl SnapshotImage for Fixed {
-        fn app_header(&self) -> Vec<u8> {
-            b"members".to_vec()
-        }
         fn records(&self) -> Box<dyn Iterator<Item = RecordResult> + Send> {
             Box::new(self.0.clone().into_iter().map(Ok))
         }
@@ -509,7 +508,7 @@ mod tests {
 
     fn frames(img: &Fixed) -> Vec<Vec<u8>> {
         let mut out = Vec::new();
-        write_stream(img, 42, 7, |f| {
+        write_stream(img, 42, 7, b"members", |f| {
             out.push(f);
             true
         })

@@ -104,6 +104,11 @@ impl LogStore {
         self.hard_state = hs;
     }
 
+    /// The configuration after an applied conf change (what a snapshot of this log describes).
+    pub fn set_conf_state(&mut self, conf_state: ConfState) {
+        self.conf_state = conf_state;
+    }
+
     pub fn set_commit(&mut self, commit: u64) {
         self.hard_state.commit = commit;
     }

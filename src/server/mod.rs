@@ -47,6 +47,9 @@ pub enum ServerError {
     UnsupportedScheme(String),
     #[error("membership: {0}")]
     Members(#[from] crate::peer::MembersError),
+    /// Joining an existing cluster failed (etcd's messages).
+    #[error("{0}")]
+    Join(String),
     #[error("cannot resolve client URL {url}: {source}")]
     Resolve { url: String, source: std::io::Error },
     #[error("cannot listen on {url}: {source}")]
@@ -95,17 +98,16 @@ pub fn run(config: &Config) -> Result<(), ServerError> {
             source,
         })?;
     }
-    let derived = ids::derive(
-        &config.initial_cluster,
-        &config.name,
-        &config.initial_cluster_token,
-    );
-    let ids = ids::load_or_record(&member_dir, derived).map_err(|source| ServerError::DataDir {
-        path: member_dir.clone(),
-        source,
-    })?;
-
-    let members = Arc::new(cluster::members(config, ids, &member_dir)?);
+    let (ids, bootstrap) = cluster::identity(config, &member_dir)?;
+    let members = match cluster::members(config, ids, &member_dir, bootstrap) {
+        Ok(members) => Arc::new(members),
+        // etcd exits 0 after saying so.
+        Err(ServerError::Members(crate::peer::MembersError::Removed)) => {
+            cluster::report_removed();
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
     let peer_config = crate::peer::PeerConfig::new(
         usize::try_from(config.max_request_bytes).unwrap_or(usize::MAX),
     );
@@ -149,21 +151,25 @@ pub fn run(config: &Config) -> Result<(), ServerError> {
         .filter(|m| m.id != ids.member_id)
         .map(|m| (m.id, m.peer_urls))
         .collect();
+    // A member started alone keeps a fixed membership and no network; any other follows
+    // membership changes (`cluster.rs`), also once it is the last one left.
+    let clustered = !peers.is_empty() || members.conf_index() > 0;
     let staging_dir = member_dir.join("raft-snap");
     let sm = Box::new(raft_log::ApplierSm::new(
         applier,
         mvcc.clone(),
-        (!peers.is_empty()).then(|| members.clone()),
         staging_dir.clone(),
     ));
     // A single member returns once the WAL is replayed into MVCC and it leads; with peers the
     // engine starts as a follower and the transport's tasks start with the runtime below.
-    let (handle, senders) = if peers.is_empty() {
-        (raft::start(raft_cfg, sm)?, None)
+    let (handle, peer_set) = if clustered {
+        let peer_set = crate::peer::PeerSet::new(peers, peer_config.clone());
+        let membership = crate::peer::ClusterMembership::new(members.clone(), peer_set.clone());
+        let transport = Box::new(peer_set.transport());
+        let handle = raft::start_with_membership(raft_cfg, sm, transport, Box::new(membership))?;
+        (handle, Some(peer_set))
     } else {
-        let (transport, senders) = crate::peer::transport(peers, peer_config.clone());
-        let handle = raft::start_with_transport(raft_cfg, sm, Box::new(transport))?;
-        (handle, Some(senders))
+        (raft::start(raft_cfg, sm)?, None)
     };
     let log = Arc::new(raft_log::RaftLog { handle });
     let ctx = Arc::new(Context {
@@ -196,17 +202,18 @@ pub fn run(config: &Config) -> Result<(), ServerError> {
     // Dropped with the runtime; a revoke it has in flight then fails with "stopped".
     runtime.spawn(api::lease::run_expiry(ctx.clone(), lease_config.clone()));
     runtime.spawn(crate::compactor::run(ctx.clone(), config.auto_compaction));
-    let peer_ctx = Arc::new(crate::peer::PeerContext {
-        cluster_id: ids.cluster_id,
-        member_id: ids.member_id,
-        members: members.clone(),
-        raft: log.handle.clone(),
-        staging: crate::peer::snapshot::Staging::new(staging_dir),
+    let peering = peer_set.map(|peer_set| {
+        let peer_ctx = Arc::new(crate::peer::PeerContext {
+            cluster_id: ids.cluster_id,
+            member_id: ids.member_id,
+            members: members.clone(),
+            peers: peer_set.clone(),
+            raft: log.handle.clone(),
+            staging: crate::peer::snapshot::Staging::new(staging_dir),
+        });
+        peer_set.spawn(runtime.handle(), &peer_ctx);
+        (peer_ctx, peer_config)
     });
-    if let Some(senders) = senders {
-        senders.spawn(runtime.handle(), &peer_ctx);
-    }
-    let peering = (members.ids().len() > 1).then_some((peer_ctx, peer_config));
     let served = runtime.block_on(serve(
         config,
         ctx,
@@ -285,6 +292,7 @@ async fn serve(
         },
     );
     let mut servers = tokio::task::JoinSet::new();
+    let learner_gate = api::learner::LearnerGateLayer::new(members.clone(), max_decoding);
     for (url, listener) in listeners {
         let kv = KvServer::new(api::kv::KvService::new(ctx.clone()))
             .max_decoding_message_size(max_decoding)
@@ -302,9 +310,16 @@ async fn serve(
         .max_decoding_message_size(max_decoding);
         let auth = AuthServer::new(api::auth::AuthService::new(ctx.clone()))
             .max_decoding_message_size(max_decoding);
+        let control = peering.as_ref().map(|(peer_ctx, peer_config)| {
+            Arc::new(cluster::Control {
+                ctx: peer_ctx.clone(),
+                peer_config: peer_config.clone(),
+            }) as Arc<dyn api::cluster::MembershipControl>
+        });
         let cluster = ClusterServer::new(api::cluster::ClusterService::new(
             ctx.clone(),
             members.clone(),
+            control,
         ))
         .max_decoding_message_size(max_decoding);
         let lock = LockServer::new(api::lock::LockService::new(ctx.clone(), hub.clone()))
@@ -328,10 +343,12 @@ async fn serve(
         let routes = api::http::with_fallback(routes.routes(), http.clone());
         let mut stop = stop_rx.clone();
         let local = listener.local_addr().ok();
+        let gate = learner_gate.clone();
         servers.spawn(async move {
             let result = tonic::transport::Server::builder()
                 .accept_http1(true)
                 .layer(api::traffic::GrpcTrafficLayer)
+                .layer(gate)
                 .add_routes(routes)
                 .serve_with_incoming_shutdown(no_delay(listener), async move {
                     let _ = stop.wait_for(|stop| *stop).await;
@@ -362,8 +379,11 @@ async fn serve(
         ids.cluster_id,
         crate::config::url::join(&config.listen_client_urls)
     );
-    let signal = wait_for_signal().await;
-    eprintln!("ringkv: info: received {signal}, shutting down");
+    let mut removed = members.removed_signal();
+    tokio::select! {
+        signal = wait_for_signal() => eprintln!("ringkv: info: received {signal}, shutting down"),
+        _ = removed.wait_for(|removed| *removed) => cluster::report_removed(),
+    }
     let _ = stop_tx.send(true);
     hub.stop();
     let mut first_error = None;

@@ -1,10 +1,8 @@
 //! The raft engine behind the API's [`Consensus`] seam, and the applier as raft's
 //! [`StateMachine`], with its raft snapshots: the image is a pinned page-store snapshot (every
-//! record of the store) plus the member list; a restore merges a staged image into the store
-//! (`Applier::restore`) and replaces the member list.
-//!
-//! The member list travels in the image's app header, one member per line:
-//! `<id 16 hex>\t<name>\t<peer URLs, comma-separated>\t<client URLs, comma-separated>`.
+//! record of the store); a restore merges a staged image into the store (`Applier::restore`).
+//! The image's header belongs to the raft engine (it carries the membership record,
+//! `raft::Membership::snapshot`): the applier hands it over before it touches the store.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -17,7 +15,6 @@ use crate::apply::Applier;
 use crate::metrics::METRICS;
 use crate::mvcc::Mvcc;
 use crate::page_store::PageStoreError;
-use crate::peer::{MemberInfo, Members};
 use crate::raft::snapshot::{parse_staged_name, staged_path, RecordResult, StagedImage};
 use crate::raft::StateMachine;
 use crate::raft::{Committed, RaftError, RaftHandle, SnapshotImage, SnapshotStreamError};
@@ -27,25 +24,17 @@ use crate::raft::{Committed, RaftError, RaftHandle, SnapshotImage, SnapshotStrea
 pub struct ApplierSm {
     applier: Applier,
     mvcc: Mvcc,
-    /// The membership a snapshot carries and replaces; `None` for a lone member.
-    members: Option<Arc<Members>>,
     /// Where the peer service stages received images (`member/raft-snap`).
     staging_dir: PathBuf,
 }
 
 impl ApplierSm {
     /// Also removes staged images the store is already past (restored, or never needed).
-    pub fn new(
-        applier: Applier,
-        mvcc: Mvcc,
-        members: Option<Arc<Members>>,
-        staging_dir: PathBuf,
-    ) -> ApplierSm {
+    pub fn new(applier: Applier, mvcc: Mvcc, staging_dir: PathBuf) -> ApplierSm {
         remove_staged(&staging_dir, applier.applied_index());
         ApplierSm {
             applier,
             mvcc,
-            members,
             staging_dir,
         }
     }
@@ -96,14 +85,15 @@ impl StateMachine for ApplierSm {
             self.applier.applied_index(),
             "the pinned store is at the applied index"
         );
-        let members = self.members.as_ref().map(|m| m.list()).unwrap_or_default();
-        Some(Arc::new(StoreImage {
-            snap,
-            members: encode_members(&members),
-        }))
+        Some(Arc::new(StoreImage { snap }))
     }
 
-    fn restore(&mut self, index: u64, term: u64) -> Result<(), String> {
+    fn restore(
+        &mut self,
+        index: u64,
+        term: u64,
+        header: &mut dyn FnMut(&[u8]) -> Result<(), String>,
+    ) -> Result<(), String> {
         let path = staged_path(&self.staging_dir, index);
         let image = StagedImage::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
         if (image.index, image.term) != (index, term) {
@@ -114,7 +104,7 @@ impl StateMachine for ApplierSm {
                 image.term
             ));
         }
-        let members = decode_members(&image.app)?;
+        header(&image.app)?;
         let stats = self
             .applier
             .restore(image.map(|r| r.map_err(RestoreError::Stream)), index)?;
@@ -126,14 +116,6 @@ impl StateMachine for ApplierSm {
             stats.unchanged,
             self.mvcc.current_revision()
         );
-        if let Some(list) = &self.members {
-            if let Err(e) = list.replace(members) {
-                eprintln!(
-                    "ringkv: warning: keeping the member list: the snapshot's cannot be \
-                     recorded: {e}"
-                );
-            }
-        }
         remove_staged(&self.staging_dir, index);
         Ok(())
     }
@@ -151,14 +133,9 @@ enum RestoreError {
 /// The leader's image: a pinned page-store snapshot, walked by the sender.
 struct StoreImage {
     snap: crate::page_store::Snapshot,
-    members: Vec<u8>,
 }
 
 impl SnapshotImage for StoreImage {
-    fn app_header(&self) -> Vec<u8> {
-        self.members.clone()
-    }
-
     fn records(&self) -> Box<dyn Iterator<Item = RecordResult> + Send> {
         Box::new(
             self.snap
@@ -168,53 +145,12 @@ impl SnapshotImage for StoreImage {
     }
 }
 
-fn encode_members(list: &[MemberInfo]) -> Vec<u8> {
-    use std::fmt::Write as _;
-    let mut out = String::new();
-    for m in list {
-        let _ = writeln!(
-            out,
-            "{:016x}\t{}\t{}\t{}",
-            m.id,
-            m.name,
-            m.peer_urls.join(","),
-            m.client_urls.join(",")
-        );
-    }
-    out.into_bytes()
-}
-
-fn decode_members(bytes: &[u8]) -> Result<Vec<MemberInfo>, String> {
-    let text = std::str::from_utf8(bytes).map_err(|_| "member list is not UTF-8".to_owned())?;
-    let urls = |field: &str| -> Vec<String> {
-        field
-            .split(',')
-            .filter(|u| !u.is_empty())
-            .map(str::to_owned)
-            .collect()
-    };
-    text.lines()
-        .map(|line| {
-            let fields: Vec<&str> = line.split('\t').collect();
-            let [id, name, peer, client] = fields[..] else {
-                return Err(format!("malformed member line {line:?}"));
-            };
-            Ok(MemberInfo {
-                id: u64::from_str_radix(id, 16).map_err(|_| format!("bad member id {id:?}"))?,
-                name: name.to_owned(),
-                peer_urls: urls(peer),
-                client_urls: urls(client),
-            })
-        })
-        .collect()
-}
-
 pub struct RaftLog {
     pub handle: RaftHandle,
 }
 
 /// What a client is told when raft cannot carry its request, in etcd's terms.
-fn consensus_error(error: RaftError) -> ConsensusError {
+pub(super) fn consensus_error(error: RaftError) -> ConsensusError {
     match error {
         RaftError::Stopped | RaftError::Halted { .. } => ConsensusError::Stopped,
         RaftError::NotLeader { leader_id: 0 } => ConsensusError::NoLeader,

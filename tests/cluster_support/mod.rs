@@ -48,6 +48,10 @@ impl Member {
     }
 
     fn launch(&mut self, initial_cluster: &str, extra: &[&str]) {
+        self.launch_as(initial_cluster, "new", extra);
+    }
+
+    fn launch_as(&mut self, initial_cluster: &str, state: &str, extra: &[&str]) {
         assert!(self.child.is_none());
         self.starts += 1;
         let parent = self.data_dir.parent().unwrap();
@@ -63,7 +67,7 @@ impl Member {
             .args(["--listen-peer-urls", &peer])
             .args(["--initial-advertise-peer-urls", &peer])
             .args(["--initial-cluster", initial_cluster])
-            .args(["--initial-cluster-state", "new"])
+            .args(["--initial-cluster-state", state])
             .args(["--heartbeat-interval", HEARTBEAT_MS])
             .args(["--election-timeout", ELECTION_MS])
             .args(extra)
@@ -100,17 +104,12 @@ impl Member {
         }
     }
 
-    /// Waits up to `limit` for the member to exit by itself; its exit status.
+    /// Waits (at most `limit`) for the process to exit by itself; its exit status.
     pub fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
         let deadline = Instant::now() + limit;
         loop {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .expect("member running")
-                .try_wait()
-                .unwrap()
-            {
+            let child = self.child.as_mut().expect("member running");
+            if let Some(status) = child.try_wait().unwrap() {
                 self.child = None;
                 return status;
             }
@@ -198,6 +197,41 @@ impl Cluster {
     pub fn relaunch(&mut self, i: usize, extra: &[&str]) {
         let initial_cluster = self.initial_cluster.clone();
         self.members[i].launch(&initial_cluster, extra);
+    }
+
+    /// A new member `name` (ports and a data dir next to the others'), not started.
+    pub fn new_member(&mut self, name: &str) -> usize {
+        let parent = self.members[0].data_dir.parent().unwrap().to_owned();
+        self.members.push(Member {
+            name: name.to_owned(),
+            client_port: free_port(),
+            peer_port: free_port(),
+            data_dir: parent.join(format!("{name}.data")),
+            child: None,
+            log_path: PathBuf::new(),
+            starts: 0,
+            env: Vec::new(),
+        });
+        self.members.len() - 1
+    }
+
+    /// Starts member `i` with `--initial-cluster-state existing` and `initial_cluster` (what
+    /// `member add` printed), and waits until it is ready.
+    pub fn start_joining(&mut self, i: usize, initial_cluster: &str) {
+        self.launch_joining(i, initial_cluster);
+        self.members[i].wait_ready();
+    }
+
+    /// [`Cluster::start_joining`] without waiting (a refused member exits instead).
+    pub fn launch_joining(&mut self, i: usize, initial_cluster: &str) {
+        self.members[i].launch_as(initial_cluster, "existing", &[]);
+    }
+
+    /// Starts member `i` again on its data dir without waiting for it to be ready (a removed
+    /// member exits instead).
+    pub fn launch_again(&mut self, i: usize) {
+        let initial_cluster = self.initial_cluster.clone();
+        self.members[i].launch(&initial_cluster, &[]);
     }
 
     pub fn running(&self) -> impl Iterator<Item = &Member> {
