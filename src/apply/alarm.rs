@@ -265,6 +265,12 @@ impl Guard {
         }
     }
 
+    /// Reloads the alarm set from the store (after a raft snapshot was installed); the quota
+    /// stays this member's.
+    pub fn reload(&mut self, mvcc: &Mvcc) {
+        self.alarms = Guard::load(mvcc).alarms;
+    }
+
     pub fn set_quota_bytes(&mut self, quota_bytes: u64) {
         self.quota_bytes = quota_bytes;
     }

@@ -38,6 +38,7 @@ pub mod auth;
 pub mod entry;
 pub mod exec;
 pub mod lease;
+mod restore;
 
 use prost::Message;
 use ringkv_proto::etcdserverpb::{CompactionRequest, CompactionResponse, ResponseHeader};

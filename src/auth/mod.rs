@@ -700,6 +700,14 @@ impl AuthStore {
         ))
     }
 
+    /// Replaces the state with the one `mvcc`'s page store now holds (after a raft snapshot
+    /// was installed). Tokens stay; each names the auth revision it was issued at.
+    pub fn reload(&self, mvcc: &Mvcc) -> Result<(), AuthStoreError> {
+        let fresh = AuthStore::open(mvcc, self.config)?;
+        *self.state.write() = fresh.state.into_inner();
+        Ok(())
+    }
+
     pub fn config(&self) -> AuthConfig {
         self.config
     }

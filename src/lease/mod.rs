@@ -223,35 +223,26 @@ impl Lessor {
     /// start at promotion.
     pub fn open(mvcc: &Mvcc, clock: Arc<dyn Clock>) -> Result<Lessor, LeaseError> {
         let lessor = Lessor::new(clock);
-        let mut state = lessor.state.lock();
-        let snap = mvcc.page_store().snapshot();
-        for row in snap.range(&[TABLE_LEASE], Some(&[TABLE_LEASE + 1])) {
-            let (key, value) = row.map_err(MvccError::from)?;
-            let (id, ttl_secs) = decode_table_row(&key, &value)?;
-            state.leases.insert(
-                id,
-                Lease {
-                    ttl_secs,
-                    keys: BTreeSet::new(),
-                    expiry: None,
-                    check_at: None,
-                },
-            );
-        }
-        drop(snap);
-        mvcc.for_each_alive(|kv| {
-            if kv.lease != 0 {
-                let lease = state.leases.get_mut(&kv.lease).unwrap_or_else(|| {
-                    panic!(
-                        "key {:x?} names lease {:x}, which is not in the table",
-                        kv.key, kv.lease
-                    )
-                });
-                lease.keys.insert(kv.key);
-            }
-        })?;
-        drop(state);
+        *lessor.state.lock() = State::load(mvcc)?;
         Ok(lessor)
+    }
+
+    /// Replaces every lease with those the store under `mvcc` now holds (after a raft snapshot
+    /// was installed), as `open` loads them. A primary lessor stays primary, with every expiry
+    /// refreshed from now.
+    pub fn reload(&self, mvcc: &Mvcc) -> Result<(), LeaseError> {
+        let mut fresh = State::load(mvcc)?;
+        let now = self.clock.now();
+        let mut state = self.state.lock();
+        fresh.primary_term = state.primary_term;
+        *state = fresh;
+        if state.primary_term.is_some() {
+            let ids: Vec<i64> = state.leases.keys().copied().collect();
+            for id in ids {
+                state.refresh(id, now);
+            }
+        }
+        Ok(())
     }
 
     pub fn contains(&self, id: i64) -> bool {
@@ -391,6 +382,39 @@ impl Lessor {
 }
 
 impl State {
+    /// The lease table of the store under `mvcc`, with every live key that names a lease
+    /// attached (one pass over the live keys); no expiries (not primary).
+    fn load(mvcc: &Mvcc) -> Result<State, LeaseError> {
+        let mut state = State::default();
+        let snap = mvcc.page_store().snapshot();
+        for row in snap.range(&[TABLE_LEASE], Some(&[TABLE_LEASE + 1])) {
+            let (key, value) = row.map_err(MvccError::from)?;
+            let (id, ttl_secs) = decode_table_row(&key, &value)?;
+            state.leases.insert(
+                id,
+                Lease {
+                    ttl_secs,
+                    keys: BTreeSet::new(),
+                    expiry: None,
+                    check_at: None,
+                },
+            );
+        }
+        drop(snap);
+        mvcc.for_each_alive(|kv| {
+            if kv.lease != 0 {
+                let lease = state.leases.get_mut(&kv.lease).unwrap_or_else(|| {
+                    panic!(
+                        "key {:x?} names lease {:x}, which is not in the table",
+                        kv.key, kv.lease
+                    )
+                });
+                lease.keys.insert(kv.key);
+            }
+        })?;
+        Ok(state)
+    }
+
     fn apply(&mut self, effect: LeaseEffect, now: Instant) {
         match effect {
             LeaseEffect::Grant { id, ttl_secs } => {

@@ -103,6 +103,7 @@ mod compaction;
 mod encoding;
 mod export;
 mod range;
+mod replace;
 mod txn;
 mod view;
 

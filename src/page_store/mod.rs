@@ -314,6 +314,7 @@ pub mod disk;
 mod format;
 mod integrity;
 mod node;
+mod replace;
 mod store;
 mod tree;
 
@@ -321,6 +322,7 @@ pub use checkpoint::BackgroundCheckpointer;
 pub use clean::BackgroundCleaner;
 pub use disk::{DirDisk, Disk, DiskFile, SimDisk};
 pub use format::{MAX_KEY_BYTES, MAX_VALUE_BYTES, PAGE_BYTES};
+pub use replace::ReplaceStats;
 
 use node::{Page, Val};
 use store::{Inner, WriterState};

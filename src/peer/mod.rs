@@ -28,6 +28,7 @@
 pub mod change;
 pub mod members;
 pub mod service;
+pub mod snapshot;
 pub mod transport;
 
 use std::sync::Arc;
@@ -67,8 +68,10 @@ impl PeerConfig {
             queue_messages_max: 4096,
             batch_messages_max: 1024,
             batch_bytes_max,
-            // Raft's max_size_per_msg (1 MiB) bounds an append, but one entry may exceed it.
-            message_bytes_max: batch_bytes_max + proposal_bytes_max + (2 << 20),
+            // Raft's max_size_per_msg (1 MiB) bounds an append, but one entry may exceed it;
+            // a snapshot chunk holds one frame, which may carry a record of the largest value.
+            message_bytes_max: (batch_bytes_max + proposal_bytes_max + (2 << 20))
+                .max(crate::raft::snapshot::FRAME_BYTES_MAX + (1 << 20)),
             connect_timeout: Duration::from_secs(1),
             request_timeout: Duration::from_secs(5),
             backoff_min: Duration::from_millis(50),
@@ -84,6 +87,8 @@ pub struct PeerContext {
     pub members: Arc<Members>,
     pub peers: Arc<PeerSet>,
     pub raft: RaftHandle,
+    /// Where received snapshots are staged (`member/raft-snap`).
+    pub staging: snapshot::Staging,
 }
 
 /// Why a peer request was refused. The peer protocol is ringkv's own, not etcd's client API, so
@@ -107,6 +112,25 @@ pub enum PeerError {
     Misaddressed { from: u64, to: u64 },
     #[error("member stopped")]
     Stopped,
+    #[error("a snapshot is already being received")]
+    SnapshotBusy,
+    /// The raft loop's request queue was full; the sender retries.
+    #[error("raft request queue full")]
+    Overloaded,
+    #[error("snapshot: {0}")]
+    SnapshotIo(String),
+    #[error(
+        "snapshot stream holds index {stream_index} term {stream_term}, its message index {index} \
+         term {term}"
+    )]
+    SnapshotMismatch {
+        index: u64,
+        term: u64,
+        stream_index: u64,
+        stream_term: u64,
+    },
+    #[error(transparent)]
+    Stream(#[from] crate::raft::SnapshotStreamError),
 }
 
 impl From<PeerError> for tonic::Status {
@@ -117,10 +141,15 @@ impl From<PeerError> for tonic::Status {
             | PeerError::UnknownMember(_)
             | PeerError::LearnerNotReady(_) => tonic::Status::failed_precondition(message),
             PeerError::Removed => tonic::Status::permission_denied(message),
-            PeerError::Undecodable | PeerError::Misaddressed { .. } => {
-                tonic::Status::invalid_argument(message)
-            }
-            PeerError::NotLeader | PeerError::Stopped => tonic::Status::unavailable(message),
+            PeerError::Undecodable
+            | PeerError::Misaddressed { .. }
+            | PeerError::SnapshotMismatch { .. }
+            | PeerError::Stream(_) => tonic::Status::invalid_argument(message),
+            PeerError::NotLeader
+            | PeerError::Stopped
+            | PeerError::SnapshotBusy
+            | PeerError::Overloaded => tonic::Status::unavailable(message),
+            PeerError::SnapshotIo(_) => tonic::Status::internal(message),
         }
     }
 }

@@ -9,7 +9,7 @@ use raft::eraftpb::Message;
 use ringkv_proto::ringkvpeerpb::raft_peer_server::RaftPeer;
 use ringkv_proto::ringkvpeerpb::{
     BatchAck, Hello, LearnerReadyReply, LearnerReadyRequest, MembersReply, MembersRequest,
-    MessageBatch,
+    MessageBatch, SnapshotAck, SnapshotChunk,
 };
 use tonic::{Request, Response, Status};
 
@@ -59,6 +59,17 @@ impl RaftPeer for RaftPeerService {
             }
         }
         Ok(Response::new(BatchAck {}))
+    }
+
+    async fn send_snapshot(
+        &self,
+        request: Request<tonic::Streaming<SnapshotChunk>>,
+    ) -> Result<Response<SnapshotAck>, Status> {
+        let ack = super::snapshot::receive(&self.ctx, request.into_inner(), |cluster, from| {
+            self.check_sender(cluster, from)
+        })
+        .await?;
+        Ok(Response::new(ack))
     }
 
     async fn greet(&self, request: Request<Hello>) -> Result<Response<Hello>, Status> {

@@ -20,13 +20,18 @@ use tonic::transport::{Channel, Endpoint};
 
 use super::{PeerConfig, PeerContext, PeerError};
 
-/// The raft loop's side: a bounded queue per peer, looked up in the shared [`PeerSet`].
+/// The raft loop's side: a bounded queue per peer, looked up in the shared [`PeerSet`], and
+/// one for snapshots (`snapshot.rs`).
 pub struct PeerTransport {
     peers: Arc<PeerSet>,
+    snapshots: mpsc::Sender<Message>,
 }
 
 impl crate::raft::Transport for PeerTransport {
     fn send(&mut self, msg: Message) -> bool {
+        if msg.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot {
+            return self.snapshots.try_send(msg).is_ok();
+        }
         let inner = self.peers.inner.lock();
         inner
             .queues
@@ -57,14 +62,23 @@ struct Inner {
     /// Since when each peer has answered without failure (etcd's `ActiveSince`).
     active_since: HashMap<u64, Instant>,
     next_generation: u64,
+    /// The snapshot senders' queue (`snapshot.rs`): its sending side until the transport takes
+    /// it (so the senders end with the transport), its receiving side until they start.
+    snapshot_send: Option<mpsc::Sender<Message>>,
+    snapshot_queue: Option<mpsc::Receiver<Message>>,
 }
 
 impl PeerSet {
     /// The set for `peers` (id and advertised peer URLs; this member excluded).
     pub fn new(peers: Vec<(u64, Vec<String>)>, config: PeerConfig) -> Arc<PeerSet> {
+        let (snapshots, snapshot_queue) = mpsc::channel(super::snapshot::SNAPSHOT_QUEUE_MAX);
         let set = Arc::new(PeerSet {
             config,
-            inner: Mutex::new(Inner::default()),
+            inner: Mutex::new(Inner {
+                snapshot_send: Some(snapshots),
+                snapshot_queue: Some(snapshot_queue),
+                ..Inner::default()
+            }),
         });
         for (id, urls) in peers {
             set.set_peer(id, urls);
@@ -72,15 +86,26 @@ impl PeerSet {
         set
     }
 
+    /// The raft loop's side; called once.
     pub fn transport(self: &Arc<Self>) -> PeerTransport {
+        let snapshots = self.inner.lock().snapshot_send.take();
         PeerTransport {
             peers: self.clone(),
+            snapshots: snapshots.expect("one transport per peer set"),
         }
     }
 
-    /// Starts the sender tasks on `runtime`, and every later one there too.
+    /// Starts the sender tasks (and the snapshot senders') on `runtime`, and every later one
+    /// there too.
     pub fn spawn(&self, runtime: &tokio::runtime::Handle, ctx: &Arc<PeerContext>) {
         let mut inner = self.inner.lock();
+        if let Some(queue) = inner.snapshot_queue.take() {
+            runtime.spawn(super::snapshot::run_senders(
+                queue,
+                ctx.clone(),
+                self.config.clone(),
+            ));
+        }
         for mut sender in std::mem::take(&mut inner.unspawned) {
             sender.ctx = Some(ctx.clone());
             runtime.spawn(sender.run());

@@ -64,18 +64,36 @@ pub(super) fn apply_entry(
         .apply_conf_change(&cc)
         .unwrap_or_else(|err| panic!("the record accepted {cc:?}, raft refused it: {err}"));
     let recorded = membership.conf_state();
+    assert!(
+        same_members(&conf_state, &recorded),
+        "raft's configuration {conf_state:?} differs from the recorded {recorded:?}"
+    );
+    raw.mut_store().set_conf_state(conf_state);
+    Some(reply)
+}
+
+/// Whether `a` and `b` have the same voters and the same learners (in any order).
+pub(super) fn same_members(a: &ConfState, b: &ConfState) -> bool {
     let sorted = |ids: &[u64]| {
         let mut ids = ids.to_vec();
         ids.sort_unstable();
         ids
     };
-    assert!(
-        sorted(&conf_state.voters) == sorted(&recorded.voters)
-            && sorted(&conf_state.learners) == sorted(&recorded.learners),
-        "raft's configuration {conf_state:?} differs from the recorded {recorded:?}"
-    );
-    raw.mut_store().set_conf_state(conf_state);
-    Some(reply)
+    sorted(&a.voters) == sorted(&b.voters) && sorted(&a.learners) == sorted(&b.learners)
+}
+
+/// Restores the membership from a raft snapshot's header bytes (`Membership::restore`); the
+/// configuration raft takes from the snapshot. Without a membership (fixed voters) the header
+/// is empty and raft takes the snapshot's metadata as it is: `None`.
+pub(super) fn restore(
+    membership: Option<&mut (dyn Membership + 'static)>,
+    header: &[u8],
+) -> Result<Option<ConfState>, String> {
+    match membership {
+        Some(m) => m.restore(header).map(Some),
+        None if header.is_empty() => Ok(None),
+        None => Err("the snapshot carries a membership and this member's is fixed".to_owned()),
+    }
 }
 
 /// The leader's progress of `id`; `NotLeader` elsewhere.

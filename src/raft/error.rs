@@ -79,6 +79,10 @@ pub enum RaftError {
         snapshot_index: u64,
     },
 
+    /// Restoring the state machine from a received snapshot failed; the loop halts.
+    #[error("raft: cannot restore the snapshot at index {index}: {reason}")]
+    Restore { index: u64, reason: String },
+
     /// A recovered WAL record cannot be a raft entry written by this engine.
     #[error("raft: corrupt log: {0}")]
     CorruptLog(String),

@@ -34,7 +34,8 @@
 //! promise durable state (votes, append responses: `persisted_messages`) are sent only after
 //! that state is durable; a leader's appends go out before its own fdatasync. Without a
 //! [`Membership`] the voters are the fixed `RaftConfig::voters` (every member starts with the
-//! same `ConfState` and an empty log); with one, membership changes as below.
+//! same `ConfState` and an empty log); with one, membership changes as below. A snapshot
+//! carries the `ConfState` at its index.
 //! Linearizable reads use ReadIndex on any member (a follower's request is forwarded to the
 //! leader). With one voter there is no transport and no network on the write path.
 //!
@@ -81,18 +82,64 @@
 //! marker (keeping `compact_keep_entries` below it), the loop writes a hard state and a
 //! `Record::Snapshot` marker (durable), drops the entries from the in-memory log and releases
 //! the WAL segments below it. The state machine is its own snapshot: it must never restart
-//! with an applied index below the marker (`RaftError::StateMachineBehindLog`).
+//! with an applied index below the marker (`RaftError::StateMachineBehindLog`), unless a staged
+//! image of the marker's index lets it catch up (below). A follower that needs compacted
+//! entries gets a snapshot instead.
 //!
-//! # Limitations (issue 5 phase 1)
+//! # Snapshots to lagging and new members (`snapshot.rs`)
+//!
+//! A raft snapshot here is the raft metadata (index, term, `ConfState`) plus a 12-byte
+//! descriptor in `Snapshot::data` naming a [`SnapshotImage`]; the state itself travels beside
+//! the raft message, as etcd sends its db after the `MsgSnapshot`, and the membership record
+//! (`Membership::snapshot`) in the image's header.
+//!
+//! - **Leader, building.** raft-rs asks `Storage::snapshot` when a follower needs an entry at or
+//!   below the log's snapshot marker. The `LogStore` answers with the image the loop prepared if
+//!   it is still usable (its index is at or above the marker and the request), else it records
+//!   the request and says "temporarily unavailable"; at the end of that iteration the loop asks
+//!   the state machine for an image (`StateMachine::snapshot`: the server pins a page-store
+//!   snapshot, so this costs no copy) at the applied index, registers it under a fresh id with
+//!   the membership's bytes and keeps it in the `LogStore`; raft-rs asks again on the
+//!   follower's next heartbeat response. The metadata's `ConfState` is raft's at the applied
+//!   index (conf changes apply in log order with the entries), and the loop checks that it is
+//!   the membership record's and that the record is not newer than the image.
+//!   An image is dropped once log compaction passes it.
+//! - **Leader, sending.** The `MsgSnapshot` goes to the transport like any message; the peer
+//!   transport hands it to a snapshot sender task (tokio), which looks the image up by id and
+//!   streams it (`snapshot.rs`'s frame format: bounded, checksummed, numbered chunks) with HTTP/2
+//!   flow control; the walk over the pinned image runs on a blocking thread, one chunk ahead.
+//!   The raft loop never waits on it: writes go on while a snapshot streams. When the stream
+//!   ends the sender reports [`RaftHandle::report_snapshot`] `Finish` (the receiver has staged
+//!   and stepped it) or `Failure` (raft then retries).
+//! - **Follower, receiving.** The receiver checks every frame as it arrives and stages them in
+//!   `<index>.rsnap` (fsync, rename, fsync of the directory), then steps the `MsgSnapshot`.
+//! - **Follower, installing** (a `Ready` with a snapshot, before its entries): (1) a hard state
+//!   and a WAL snapshot marker at the snapshot index, durable; the in-memory log is reset to the
+//!   marker with the snapshot's `ConfState`; older WAL segments are released; (2)
+//!   `StateMachine::restore` opens the staged image and hands its header to
+//!   `Membership::restore`, which records the membership durably (and re-targets the
+//!   transport) and returns its `ConfState`, checked equal to the snapshot's; then it replaces
+//!   the whole state with the image, durably, with its consistent index = the snapshot index;
+//!   (3) the applied index moves to it. Waiters for
+//!   entries the snapshot covers are answered nothing (they time out: their entries may or may
+//!   not be in the image). A crash between (1) and (2) restarts with the state machine behind
+//!   the marker: the engine restores the staged image of that index, membership first, before
+//!   starting raft, which then takes the restored record's `ConfState` (etcd reopens its
+//!   backend from `snap/<index>.snap.db` the same way), and refuses to start
+//!   (`StateMachineBehindLog`) if it is gone. Restoring the membership twice is harmless (the
+//!   record's index does not go back). After the restore the record reflects every change up
+//!   to the snapshot index (its own index is the last change's, at or below it), so a restart
+//!   starts raft from the snapshot's `ConfState`.
+//!
+//! # Limitations (issue 5)
 //!
 //! - Without a `Membership` (a member started alone), membership is fixed: conf-change
 //!   entries are never proposed.
 //! - raft-rs accepts one pending change at a time: a change proposed while another is
 //!   uncommitted becomes an empty entry and its proposer is answered `Dropped`.
-//! - There are no state-machine snapshots to send to lagging followers (`Storage::snapshot`
-//!   says "later"): a follower that needs an entry the leader has compacted does not catch up,
-//!   and the leader logs it.
 //! - A forwarded proposal lost on the way (leader change) is answered only by `Timeout`.
+//! - The follower's raft loop is busy while it restores an image (one write transaction over
+//!   the whole state); it neither ticks nor campaigns meanwhile.
 //!
 //! # Leadership (issue 5 phase 2)
 //!
@@ -109,6 +156,7 @@ mod log;
 mod node;
 mod queue;
 pub mod sim;
+pub mod snapshot;
 pub mod storage;
 
 use std::future::Future;
@@ -120,6 +168,7 @@ use raft::eraftpb::{ConfChange, Message};
 pub use conf::{LearnerProgress, Membership};
 pub use config::{RaftConfig, VOTERS_MAX};
 pub use error::RaftError;
+pub use snapshot::{SnapshotImage, SnapshotStreamError};
 pub use storage::LogStore;
 
 use crate::wal::disk::{Disk, GlommioDisk};
@@ -142,6 +191,29 @@ pub trait StateMachine: Send + 'static {
     /// machine that makes every apply durable before returning keeps the default.
     fn durable_index(&self) -> u64 {
         self.applied_index()
+    }
+    /// A point-in-time image of the whole state at `applied_index()`, for a follower that needs
+    /// compacted entries. `None`: this state machine cannot send snapshots (raft is told to try
+    /// later, and such a follower does not catch up).
+    fn snapshot(&mut self) -> Option<Arc<dyn SnapshotImage>> {
+        None
+    }
+    /// Replaces the whole state with the image staged for raft index `index` (see
+    /// `snapshot.rs`), durably, so that `applied_index()` and `durable_index()` are `index`
+    /// afterwards. Called only with `index` above `applied_index()`. Before it changes any
+    /// state it hands the image header's app bytes (the engine's: the membership record) to
+    /// `header`, and stops with that error if `header` refuses them; so once the state is
+    /// restored, the membership is too. An error halts the loop.
+    fn restore(
+        &mut self,
+        index: u64,
+        term: u64,
+        header: &mut dyn FnMut(&[u8]) -> Result<(), String>,
+    ) -> Result<(), String> {
+        let _ = (term, header);
+        Err(format!(
+            "this state machine cannot restore snapshots (index {index})"
+        ))
     }
 }
 
@@ -176,6 +248,8 @@ pub struct RaftStatus {
 /// State shared by the handles and the loop.
 struct Shared {
     queue: RequestQueue,
+    /// Images prepared for snapshot senders.
+    images: snapshot::ImageRegistry,
     status: Mutex<RaftStatus>,
     finished: Mutex<Finished>,
     finished_cv: Condvar,
@@ -393,6 +467,23 @@ impl RaftHandle {
         let _ = self.inner.shared.queue.try_push(Request::Unreachable(peer));
     }
 
+    /// Tells raft how sending a snapshot to `peer` ended: `delivered` means the peer staged it
+    /// and took the message. Never waits; dropped when the queue is full (raft then learns from
+    /// the peer's next response).
+    pub fn report_snapshot(&self, peer: u64, delivered: bool) {
+        let _ = self
+            .inner
+            .shared
+            .queue
+            .try_push(Request::SnapshotStatus { peer, delivered });
+    }
+
+    /// The image a `MsgSnapshot`'s descriptor names, while the loop keeps it registered.
+    pub fn snapshot_image(&self, data: &[u8]) -> Option<snapshot::RegisteredImage> {
+        let id = snapshot::decode_descriptor(data)?;
+        self.inner.shared.images.get(id)
+    }
+
     pub fn status(&self) -> RaftStatus {
         *self.inner.shared.status.lock()
     }
@@ -526,6 +617,7 @@ fn start_inner<D: Disk + Send>(
     }
     let shared = Arc::new(Shared {
         queue: RequestQueue::new(cfg.proposal_queue_depth),
+        images: snapshot::ImageRegistry::default(),
         status: Mutex::new(RaftStatus {
             member_id: cfg.member_id,
             cluster_id: cfg.cluster_id,

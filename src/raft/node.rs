@@ -43,11 +43,12 @@ use std::sync::Arc;
 use std::time::Instant;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use raft::eraftpb::{ConfChange, ConfState, Entry, EntryType, Message, MessageType};
+use raft::eraftpb::{ConfChange, ConfState, Entry, EntryType, Message, MessageType, Snapshot};
 use raft::{RawNode, Ready, SnapshotStatus, StateRole};
 
 use super::conf::{self, Membership};
 use super::queue::{ProposeReply, ReadReply, Request};
+use super::snapshot::{decode_descriptor, encode_descriptor, RegisteredImage};
 use super::storage::{encode_entry, LogStore, REQUEST_ID_BYTES};
 use super::{Committed, RaftConfig, RaftError, RaftStatus, Shared, StateMachine, Transport};
 use crate::wal::disk::Disk;
@@ -155,7 +156,14 @@ pub struct Node {
     requests: Vec<Request>,
     /// Proposals waiting for raft to accept proposals (a leader known, no transfer): `lead.rs`.
     held: lead::Held,
+    /// Id of the next image registered for snapshot senders.
+    next_image_id: u64,
+    /// When the loop last said it cannot build a snapshot (a state machine without images).
+    snapshot_warned: Option<Instant>,
 }
+
+/// At most one "cannot send a snapshot" warning per this interval.
+const SNAPSHOT_WARNING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Recovers the WAL on this executor, starts its writer here, builds the node, elects it (a
 /// single member) and handles the first `Ready` (which re-applies the committed log above the
@@ -245,9 +253,24 @@ impl Node {
             Some(m) => m.conf_state(),
             None => ConfState::from((cfg.voters.clone(), Vec::<u64>::new())),
         };
-        let store = LogStore::from_recovered(recovered, conf_state)?;
-        let sm_applied = sm.applied_index();
+        let mut store = LogStore::from_recovered(recovered, conf_state)?;
+        let (mut sm, mut membership) = (sm, membership);
         let snapshot_index = store.snapshot_index();
+        if sm.applied_index() < snapshot_index {
+            // A crash between a received snapshot's WAL marker and its restore: the membership
+            // may be the old one too, and is restored with the state.
+            let restored = restore_at_start(
+                &mut *sm,
+                membership.as_deref_mut(),
+                snapshot_index,
+                store.snapshot_term(),
+                cfg.member_id,
+            );
+            if let Some(conf_state) = restored {
+                store.set_conf_state(conf_state);
+            }
+        }
+        let sm_applied = sm.applied_index();
         let last_index = raft::Storage::last_index(&store)?;
         if sm_applied < snapshot_index {
             return Err(RaftError::StateMachineBehindLog {
@@ -288,6 +311,8 @@ impl Node {
             next_tick,
             requests: Vec::with_capacity(cfg.max_batch_entries),
             held: lead::Held::default(),
+            next_image_id: 1,
+            snapshot_warned: None,
             cfg,
         };
         node.publish_status();
@@ -326,6 +351,7 @@ impl Node {
             }
             self.release_held();
             self.issue_reads();
+            self.prepare_snapshot();
             if self.raw.has_ready() {
                 self.handle_ready().await?;
                 continue;
@@ -389,6 +415,14 @@ impl Node {
             }
             Request::Unreachable(peer) => self.raw.report_unreachable(peer),
             Request::TransferLeader { target, reply } => self.transfer_leader(target, reply),
+            Request::SnapshotStatus { peer, delivered } => {
+                let status = if delivered {
+                    SnapshotStatus::Finish
+                } else {
+                    SnapshotStatus::Failure
+                };
+                self.raw.report_snapshot(peer, status);
+            }
         }
     }
 
@@ -491,10 +525,12 @@ impl Node {
     async fn handle_ready(&mut self) -> Result<(), RaftError> {
         let mut rd = self.raw.ready();
         self.send_messages(rd.take_messages());
-        assert!(
-            rd.snapshot().is_empty(),
-            "raft snapshots are never sent (phase 1: Storage::snapshot is unavailable)"
-        );
+        if !rd.snapshot().is_empty() {
+            if let Some(hs) = rd.hs() {
+                self.raw.mut_store().set_hard_state(hs.clone());
+            }
+            self.install_snapshot(rd.snapshot().clone()).await?;
+        }
         self.persist(&mut rd).await?;
         for rs in rd.take_read_states() {
             let Some((member, ctx)) = parse_request_id(&rs.request_ctx) else {
@@ -754,6 +790,15 @@ impl Node {
             .await?;
         self.raw.mut_store().compact(target);
         self.wal.release_to(target).await?;
+        // A prepared image below the marker would leave a follower needing compacted entries.
+        if self
+            .raw
+            .store()
+            .prepared()
+            .is_some_and(|p| p.get_metadata().index < target)
+        {
+            self.set_prepared(None);
+        }
         Ok(())
     }
 
@@ -857,5 +902,177 @@ impl Node {
             eprintln!("raft[{:x}]: halted: {reason}", self.cfg.member_id);
         }
         self.publish_status();
+    }
+}
+
+/// Restores the state machine and the membership from the image staged for the log's snapshot
+/// marker, at start; the configuration raft starts from, if the membership was restored. If
+/// the state cannot be restored, the caller refuses to start (`StateMachineBehindLog`).
+fn restore_at_start(
+    sm: &mut dyn StateMachine,
+    mut membership: Option<&mut (dyn Membership + 'static)>,
+    index: u64,
+    term: u64,
+    member_id: u64,
+) -> Option<ConfState> {
+    eprintln!(
+        "raft[{member_id:x}]: info: the state machine is at {} behind the log's snapshot at \
+         {index}: restoring the staged snapshot",
+        sm.applied_index()
+    );
+    let mut conf_state = None;
+    let restored = sm.restore(index, term, &mut |header| {
+        conf_state = conf::restore(membership.as_deref_mut(), header)?;
+        Ok(())
+    });
+    if let Err(reason) = restored {
+        eprintln!("raft[{member_id:x}]: error: restoring the snapshot at {index}: {reason}");
+    }
+    conf_state
+}
+
+/// Snapshots: preparing one for followers (leader) and installing a received one (follower).
+/// See the module doc of `raft` ("Snapshots to lagging and new members").
+impl Node {
+    /// If raft asked for a snapshot it could not have, prepares one at the applied index: the
+    /// state machine's image, registered for the senders, and its metadata for `LogStore`.
+    fn prepare_snapshot(&mut self) {
+        let Some(request_index) = self.raw.store().take_snapshot_request() else {
+            return;
+        };
+        let index = self.applied;
+        let conf_index = self.membership.as_ref().map_or(0, |m| m.conf_index());
+        if index < request_index || index < self.raw.store().snapshot_index() || index < conf_index
+        {
+            // Not applied far enough yet (after a restart the membership record may be ahead
+            // of the replay); raft asks again.
+            return;
+        }
+        let Some(image) = self.sm.snapshot() else {
+            let now = Instant::now();
+            if self
+                .snapshot_warned
+                .is_none_or(|at| now.duration_since(at) >= SNAPSHOT_WARNING_INTERVAL)
+            {
+                self.snapshot_warned = Some(now);
+                eprintln!(
+                    "raft[{:x}]: warning: a member needs raft entries this leader has compacted, \
+                     and the state machine cannot build snapshots: it cannot catch up",
+                    self.cfg.member_id
+                );
+            }
+            return;
+        };
+        let term = match raft::Storage::term(self.raw.store(), index) {
+            Ok(term) => term,
+            Err(e) => panic!("the applied index {index} has a term in the log: {e}"),
+        };
+        // raft's configuration at the applied index: conf changes apply in log order with the
+        // entries, so it is the one at the image's index, and the membership record's.
+        let conf_state = self.raw.raft.prs().conf().to_conf_state();
+        let app = match &self.membership {
+            Some(m) => {
+                let recorded = m.conf_state();
+                assert!(
+                    conf::same_members(&conf_state, &recorded),
+                    "the snapshot at {index}: raft's configuration {conf_state:?} differs from \
+                     the recorded {recorded:?} (as of index {conf_index})"
+                );
+                m.snapshot()
+            }
+            None => Vec::new(),
+        };
+        let id = self.next_image_id;
+        self.next_image_id += 1;
+        self.shared.images.insert(
+            id,
+            RegisteredImage {
+                index,
+                term,
+                app: app.into(),
+                image,
+            },
+        );
+        let mut snapshot = Snapshot {
+            data: encode_descriptor(id).into(),
+            ..Snapshot::default()
+        };
+        let meta = snapshot.mut_metadata();
+        meta.index = index;
+        meta.term = term;
+        meta.set_conf_state(conf_state);
+        self.set_prepared(Some(snapshot));
+    }
+
+    /// Replaces the prepared snapshot, unregistering the old one's image (a sender streaming it
+    /// holds its own reference).
+    fn set_prepared(&mut self, snapshot: Option<Snapshot>) {
+        if let Some(old) = self.raw.mut_store().set_prepared(snapshot) {
+            if let Some(id) = decode_descriptor(&old.data) {
+                self.shared.images.remove(id);
+            }
+        }
+    }
+
+    /// Installs a received snapshot (a `Ready`'s, before its entries): WAL marker and hard
+    /// state, durable; the in-memory log reset to it; the state machine restored from the
+    /// staged image; the applied index moved to it.
+    async fn install_snapshot(&mut self, snapshot: Snapshot) -> Result<(), RaftError> {
+        let (index, term) = (snapshot.get_metadata().index, snapshot.get_metadata().term);
+        assert!(
+            index > self.applied,
+            "raft installs only snapshots past the applied index ({index} <= {})",
+            self.applied
+        );
+        self.raw.mut_store().apply_snapshot(&snapshot);
+        let hs = self.raw.store().hard_state().clone();
+        self.wal
+            .append(vec![
+                Record::HardState {
+                    term: hs.term,
+                    vote: hs.vote,
+                    commit: index,
+                },
+                Record::Snapshot { index, term },
+            ])
+            .await?;
+        self.wal.release_to(index).await?;
+        super::snapshot::failpoint("raft-snapshot-marked");
+        let started = Instant::now();
+        let mut restored_conf = None;
+        let membership = &mut self.membership;
+        self.sm
+            .restore(index, term, &mut |header| {
+                restored_conf = conf::restore(membership.as_deref_mut(), header)?;
+                Ok(())
+            })
+            .map_err(|reason| RaftError::Restore { index, reason })?;
+        if let Some(recorded) = restored_conf {
+            let taken = snapshot.get_metadata().get_conf_state();
+            assert!(
+                conf::same_members(taken, &recorded),
+                "the snapshot at {index}: raft took the configuration {taken:?}, its membership \
+                 record says {recorded:?}"
+            );
+            self.raw.mut_store().set_conf_state(recorded);
+        }
+        assert_eq!(
+            self.sm.applied_index(),
+            index,
+            "a restored state machine is at the snapshot's index"
+        );
+        eprintln!(
+            "raft[{:x}]: info: restored the snapshot at index {index} (term {term}) in {:?}",
+            self.cfg.member_id,
+            started.elapsed()
+        );
+        self.applied = index;
+        self.skip_through = self.skip_through.max(index);
+        // Proposals this member appended as leader at or below the snapshot: whether their
+        // entries are in it is unknown, so they are answered nothing and time out.
+        self.leader_indexes.retain(|&at, _| at > index);
+        self.set_prepared(None);
+        self.publish_status();
+        Ok(())
     }
 }

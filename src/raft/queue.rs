@@ -51,6 +51,11 @@ pub enum Request {
         target: u64,
         reply: TransferReply,
     },
+    /// How streaming a snapshot to `peer` ended.
+    SnapshotStatus {
+        peer: u64,
+        delivered: bool,
+    },
 }
 
 impl Request {
@@ -67,7 +72,7 @@ impl Request {
                 let _ = reply.send(Err(error()));
             }
             // Raft retransmits what it does not hear back about.
-            Request::Step(_) | Request::Unreachable(_) => {}
+            Request::Step(_) | Request::Unreachable(_) | Request::SnapshotStatus { .. } => {}
         }
     }
 }
@@ -157,7 +162,8 @@ impl RequestQueue {
                 Request::ReadIndex { .. }
                 | Request::LearnerProgress { .. }
                 | Request::Unreachable(_)
-                | Request::TransferLeader { .. } => {}
+                | Request::TransferLeader { .. }
+                | Request::SnapshotStatus { .. } => {}
             }
             out.push(request);
             freed += 1;

@@ -36,12 +36,14 @@ pub struct LogStore {
     snapshot_index: u64,
     snapshot_term: u64,
     entries: Vec<Entry>,
-    /// When a follower's need for a snapshot was last logged (raft-rs asks on every probe).
-    snapshot_warned: parking_lot::Mutex<Option<std::time::Instant>>,
+    /// The snapshot the loop prepared for followers that need compacted entries (metadata and
+    /// descriptor; the image is in the engine's registry). Usable while its index is at or
+    /// above `snapshot_index`.
+    prepared: Option<Snapshot>,
+    /// The highest `request_index` raft asked a snapshot for since the loop last looked, when
+    /// none was usable (raft-rs asks through `&self`).
+    wanted: parking_lot::Mutex<Option<u64>>,
 }
-
-/// At most one "cannot send a snapshot" warning per this interval.
-const SNAPSHOT_WARNING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl LogStore {
     /// An empty log whose members are `conf_state`.
@@ -65,6 +67,14 @@ impl LogStore {
         let mut entries = Vec::with_capacity(recovered.entries.len());
         for e in &recovered.entries {
             entries.push(decode_entry(e)?);
+        }
+        // Entries above a snapshot marker with a term below the snapshot's were written before a
+        // snapshot from a newer leader was installed over them: that leader's entry at any index
+        // above the marker has at least the snapshot's term, so these (and everything after
+        // them in the same old run) were never committed. Raft would overwrite them; dropping
+        // them keeps the log's terms non-decreasing.
+        if let Some(stale) = entries.iter().position(|e| e.term < store.snapshot_term) {
+            entries.truncate(stale);
         }
         store.append(&entries);
         if let Some(hs) = recovered.hard_state {
@@ -105,6 +115,49 @@ impl LogStore {
 
     pub fn snapshot_index(&self) -> u64 {
         self.snapshot_index
+    }
+
+    pub fn snapshot_term(&self) -> u64 {
+        self.snapshot_term
+    }
+
+    /// The conf state raft starts from and a snapshot installs.
+    pub fn conf_state(&self) -> &ConfState {
+        &self.conf_state
+    }
+
+    /// The request index of the last unanswered `Storage::snapshot` call, cleared by the call.
+    pub fn take_snapshot_request(&self) -> Option<u64> {
+        self.wanted.lock().take()
+    }
+
+    /// The prepared snapshot's metadata and descriptor, if any.
+    pub fn prepared(&self) -> Option<&Snapshot> {
+        self.prepared.as_ref()
+    }
+
+    /// Replaces the prepared snapshot; returns the one it replaces.
+    pub fn set_prepared(&mut self, snapshot: Option<Snapshot>) -> Option<Snapshot> {
+        std::mem::replace(&mut self.prepared, snapshot)
+    }
+
+    /// Installs a received snapshot's metadata: the log restarts right after it (every entry is
+    /// dropped, as raft-rs drops its own log on restore), the commit index is at least the
+    /// snapshot's, and the members are the snapshot's.
+    pub fn apply_snapshot(&mut self, snapshot: &Snapshot) {
+        let meta = snapshot.get_metadata();
+        assert!(
+            meta.index >= self.hard_state.commit,
+            "snapshot at {} is below the commit index {}",
+            meta.index,
+            self.hard_state.commit
+        );
+        self.snapshot_index = meta.index;
+        self.snapshot_term = meta.term;
+        self.entries.clear();
+        self.hard_state.commit = meta.index;
+        self.hard_state.term = self.hard_state.term.max(meta.term);
+        self.conf_state = meta.get_conf_state().clone();
     }
 
     fn first(&self) -> u64 {
@@ -217,22 +270,20 @@ impl Storage for LogStore {
         Ok(self.last())
     }
 
-    /// The engine keeps no state-machine snapshots yet (issue 5 phase 2): a follower that needs
-    /// an entry at or below the snapshot marker cannot be caught up, so raft-rs is told to retry
-    /// later (never given an empty snapshot that would skip state), and the leader says so in
-    /// its log every `SNAPSHOT_WARNING_INTERVAL`. Single-member clusters never ask.
-    fn snapshot(&self, _request_index: u64, to: u64) -> raft::Result<Snapshot> {
-        let mut warned = self.snapshot_warned.lock();
-        let now = std::time::Instant::now();
-        if warned.is_none_or(|at| now.duration_since(at) >= SNAPSHOT_WARNING_INTERVAL) {
-            *warned = Some(now);
-            eprintln!(
-                "ringkv: warning: member {to:016x} needs raft entries at or below index {}, which \
-                 this leader has compacted; sending snapshots is not supported yet, so it cannot \
-                 catch up",
-                self.snapshot_index
-            );
+    /// The snapshot the loop prepared, if its index is at least `request_index` and the
+    /// follower can continue from it with the log (it is at or above the snapshot marker).
+    /// Otherwise the request is recorded for the loop, which prepares one at its applied index
+    /// (`node.rs`), and raft-rs is told to retry later: it asks again on the follower's next
+    /// response. Never an empty snapshot, which would skip state.
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        if let Some(prepared) = &self.prepared {
+            let index = prepared.get_metadata().index;
+            if index >= request_index && index >= self.snapshot_index {
+                return Ok(prepared.clone());
+            }
         }
+        let mut wanted = self.wanted.lock();
+        *wanted = Some(wanted.map_or(request_index, |w| w.max(request_index)));
         Err(raft::Error::Store(
             StorageError::SnapshotTemporarilyUnavailable,
         ))
@@ -307,4 +358,104 @@ pub fn decode_entry(e: &wal::Entry) -> Result<Entry, RaftError> {
     out.context = context.to_vec().into();
     out.data = data.to_vec().into();
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(index: u64, term: u64) -> Entry {
+        let mut e = Entry::default();
+        (e.index, e.term) = (index, term);
+        e.data = vec![1].into();
+        e
+    }
+
+    fn snapshot(index: u64, term: u64) -> Snapshot {
+        let mut s = Snapshot::default();
+        s.mut_metadata().index = index;
+        s.mut_metadata().term = term;
+        s.mut_metadata()
+            .set_conf_state(ConfState::from((vec![1, 2, 3], vec![])));
+        s
+    }
+
+    fn unavailable(r: &raft::Result<Snapshot>) -> bool {
+        matches!(
+            r,
+            Err(raft::Error::Store(
+                StorageError::SnapshotTemporarilyUnavailable
+            ))
+        )
+    }
+
+    /// raft-rs gets the prepared snapshot only while it is usable; otherwise the request is
+    /// recorded for the loop, once.
+    #[test]
+    fn snapshot_requests_and_prepared_snapshots() {
+        let mut log = LogStore::new(ConfState::from((vec![1, 2, 3], vec![])));
+        log.append(&(1..=20).map(|i| entry(i, 1)).collect::<Vec<_>>());
+        log.compact(10);
+        assert!(unavailable(&log.snapshot(0, 2)));
+        assert!(unavailable(&log.snapshot(12, 3)));
+        assert_eq!(log.take_snapshot_request(), Some(12));
+        assert_eq!(log.take_snapshot_request(), None);
+
+        log.set_prepared(Some(snapshot(15, 1)));
+        assert_eq!(log.snapshot(0, 2).unwrap().get_metadata().index, 15);
+        assert!(
+            unavailable(&log.snapshot(16, 2)),
+            "below the requested index"
+        );
+        assert_eq!(log.take_snapshot_request(), Some(16));
+        log.compact(18);
+        assert!(unavailable(&log.snapshot(0, 2)), "below the log's marker");
+    }
+
+    /// Installing a snapshot resets the log to it, whatever the log held.
+    #[test]
+    fn apply_snapshot_restarts_the_log_after_it() {
+        let mut log = LogStore::new(ConfState::from((vec![1], vec![])));
+        log.append(&(1..=5).map(|i| entry(i, 1)).collect::<Vec<_>>());
+        log.set_commit(3);
+        log.apply_snapshot(&snapshot(40, 4));
+        assert_eq!((log.first(), log.last()), (41, 40));
+        assert_eq!(log.term(40).unwrap(), 4);
+        assert_eq!(log.hard_state().commit, 40);
+        assert_eq!(log.hard_state().term, 4);
+        assert_eq!(log.conf_state().voters, vec![1, 2, 3]);
+        log.append(&[entry(41, 4), entry(42, 5)]);
+        assert_eq!(log.last(), 42);
+    }
+
+    /// Entries above a marker with a term below the snapshot's are an old tail the installed
+    /// snapshot superseded: recovery drops them.
+    #[test]
+    fn recovery_drops_an_old_tail_above_a_newer_snapshot() {
+        let wal_entry = |index, term| wal::Entry {
+            index,
+            term,
+            data: vec![0, 7],
+        };
+        let recovered = wal::Recovered {
+            metadata: None,
+            hard_state: Some(wal::HardState {
+                term: 5,
+                vote: 0,
+                commit: 10,
+            }),
+            snapshot: Some(wal::SnapshotMarker { index: 10, term: 5 }),
+            entries: vec![wal_entry(11, 2), wal_entry(12, 2)],
+            repaired_tail: None,
+            segments: 1,
+        };
+        let log = LogStore::from_recovered(&recovered, ConfState::default()).unwrap();
+        assert_eq!((log.first(), log.last()), (11, 10));
+        let recovered = wal::Recovered {
+            entries: vec![wal_entry(11, 5), wal_entry(12, 6)],
+            ..recovered
+        };
+        let log = LogStore::from_recovered(&recovered, ConfState::default()).unwrap();
+        assert_eq!(log.last(), 12);
+    }
 }

@@ -154,7 +154,12 @@ pub fn run(config: &Config) -> Result<(), ServerError> {
     // A member started alone keeps a fixed membership and no network; any other follows
     // membership changes (`cluster.rs`), also once it is the last one left.
     let clustered = !peers.is_empty() || members.conf_index() > 0;
-    let sm = Box::new(raft_log::ApplierSm(applier));
+    let staging_dir = member_dir.join("raft-snap");
+    let sm = Box::new(raft_log::ApplierSm::new(
+        applier,
+        mvcc.clone(),
+        staging_dir.clone(),
+    ));
     // A single member returns once the WAL is replayed into MVCC and it leads; with peers the
     // engine starts as a follower and the transport's tasks start with the runtime below.
     let (handle, peer_set) = if clustered {
@@ -204,6 +209,7 @@ pub fn run(config: &Config) -> Result<(), ServerError> {
             members: members.clone(),
             peers: peer_set.clone(),
             raft: log.handle.clone(),
+            staging: crate::peer::snapshot::Staging::new(staging_dir),
         });
         peer_set.spawn(runtime.handle(), &peer_ctx);
         (peer_ctx, peer_config)

@@ -28,6 +28,8 @@ pub struct Member {
     starts: u32,
     /// Stopped with SIGSTOP (`pause`) and not yet continued.
     paused: bool,
+    /// Extra environment of the next starts (the server's is cleared but for `PATH`).
+    pub env: Vec<(String, String)>,
 }
 
 impl Member {
@@ -101,6 +103,7 @@ impl Member {
             .args(extra)
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -146,7 +149,7 @@ impl Member {
                 self.name,
                 self.log()
             );
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
@@ -179,6 +182,12 @@ impl Cluster {
     /// Starts `n` members named `m1..mn` with data dirs under `dir`, all at once (a member of a
     /// new cluster may wait for its peers before it reports ready), and waits for a leader.
     pub fn start(dir: &Path, n: usize) -> Cluster {
+        Cluster::start_with(dir, n, &[])
+    }
+
+    /// [`Cluster::start`] with `extra` flags on every member (on restarts too, unless
+    /// `restart` is given others).
+    pub fn start_with(dir: &Path, n: usize, extra: &[&str]) -> Cluster {
         let mut members: Vec<Member> = (1..=n)
             .map(|i| Member {
                 name: format!("m{i}"),
@@ -189,6 +198,7 @@ impl Cluster {
                 log_path: PathBuf::new(),
                 starts: 0,
                 paused: false,
+                env: Vec::new(),
             })
             .collect();
         let initial_cluster = members
@@ -197,7 +207,7 @@ impl Cluster {
             .collect::<Vec<_>>()
             .join(",");
         for m in &mut members {
-            m.launch(&initial_cluster, &[]);
+            m.launch(&initial_cluster, extra);
         }
         for m in &mut members {
             m.wait_ready();
@@ -217,6 +227,12 @@ impl Cluster {
         self.members[i].wait_ready();
     }
 
+    /// Starts member `i` again without waiting for it to be ready (a test that kills it early).
+    pub fn relaunch(&mut self, i: usize, extra: &[&str]) {
+        let initial_cluster = self.initial_cluster.clone();
+        self.members[i].launch(&initial_cluster, extra);
+    }
+
     /// A new member `name` (ports and a data dir next to the others'), not started.
     pub fn new_member(&mut self, name: &str) -> usize {
         let parent = self.members[0].data_dir.parent().unwrap().to_owned();
@@ -229,6 +245,7 @@ impl Cluster {
             log_path: PathBuf::new(),
             starts: 0,
             paused: false,
+            env: Vec::new(),
         });
         self.members.len() - 1
     }
