@@ -350,6 +350,24 @@ fn restart_ignores_initial_cluster_flags() {
         ok(&cluster.members[2].endpoint(), &["put", "after", "restart"]),
         "OK\n"
     );
+
+    // Even an --initial-cluster that does not name this member (a member that joined later,
+    // restarted with the cluster's first flags) is ignored on a restart, as etcd ignores it.
+    cluster.members[2].kill();
+    let others = format!("m1={}", cluster.members[0].peer_url());
+    cluster.start_joining(2, &others);
+    cluster.wait_leader(Duration::from_secs(30));
+    assert_eq!(
+        ids(&member_list(&cluster.members[2].endpoint())),
+        ids(&before)
+    );
+    assert_eq!(
+        ok(
+            &cluster.members[2].endpoint(),
+            &["put", "after", "second restart"]
+        ),
+        "OK\n"
+    );
 }
 
 /// A peer request carrying another cluster's id is refused with etcd's message (ringkv's own

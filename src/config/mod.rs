@@ -585,11 +585,20 @@ fn resolve(raw: Raw, cores: usize) -> Result<Config, ConfigError> {
                 raw.invalid("initial-cluster", &raw.initial_cluster, error.to_string())
             })?
         };
-    initial_cluster.verify(
-        &raw.name,
-        &initial_advertise_peer_urls,
-        raw.initial_cluster_state,
-    )?;
+    let data_dir = match raw.data_dir.as_deref() {
+        None | Some("") => PathBuf::from(format!("{}.etcd", raw.name)),
+        Some(dir) => PathBuf::from(dir),
+    };
+    // etcd checks the bootstrap flags only for a member that has never started
+    // (`isMemberInitialized`); a restart ignores `--initial-*`, even an `--initial-cluster`
+    // without this member (a joined member restarted with the cluster's first flags).
+    if !member_initialized(&data_dir) {
+        initial_cluster.verify(
+            &raw.name,
+            &initial_advertise_peer_urls,
+            raw.initial_cluster_state,
+        )?;
+    }
 
     let watch_progress_notify_interval =
         watch::parse(&raw.experimental_watch_progress_notify_interval).map_err(|reason| {
@@ -603,10 +612,6 @@ fn resolve(raw: Raw, cores: usize) -> Result<Config, ConfigError> {
     let (tuning, tuning_source) = TuningProfile::load(raw.tuning_profile.as_deref(), cores)?;
     tuning.check_cores(&tuning_source, cores)?;
 
-    let data_dir = match raw.data_dir.as_deref() {
-        None | Some("") => PathBuf::from(format!("{}.etcd", raw.name)),
-        Some(dir) => PathBuf::from(dir),
-    };
     Ok(Config {
         name: raw.name,
         data_dir,
@@ -679,3 +684,10 @@ impl fmt::Display for Config {
 
 #[cfg(test)]
 mod tests;
+
+/// Whether `data_dir` holds a member that has started before: its ids and membership are
+/// recorded (`member/ids`, `member/members`), so its identity comes from them, not the flags.
+pub fn member_initialized(data_dir: &Path) -> bool {
+    let member = data_dir.join("member");
+    member.join("ids").is_file() && member.join("members").is_file()
+}

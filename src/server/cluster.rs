@@ -42,6 +42,15 @@ pub fn identity(
     config: &Config,
     member_dir: &Path,
 ) -> Result<(ids::Ids, MembershipImage), ServerError> {
+    if crate::config::member_initialized(member_dir.parent().unwrap_or(member_dir)) {
+        // A restart: the recorded ids, whatever `--initial-*` say (they were not checked);
+        // the recorded membership makes the bootstrap image unused.
+        let ids = ids::load(member_dir).map_err(|source| ServerError::DataDir {
+            path: member_dir.to_owned(),
+            source,
+        })?;
+        return Ok((ids, MembershipImage::default()));
+    }
     let recorded = member_dir.join("ids").exists();
     let (derived, image) = if recorded || config.initial_cluster_state == ClusterState::New {
         let derived = ids::derive(

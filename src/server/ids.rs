@@ -65,16 +65,23 @@ pub fn derive(cluster: &InitialCluster, name: &str, token: &str) -> Ids {
     }
 }
 
+/// The ids a member that has started before recorded.
+pub fn load(member_dir: &Path) -> std::io::Result<Ids> {
+    let path = member_dir.join("ids");
+    let text = fs::read_to_string(&path)?;
+    parse(&text).ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{} is malformed: {text:?}", path.display()),
+        )
+    })
+}
+
 /// The recorded ids, or `derived` recorded now if the data dir has none yet.
 pub fn load_or_record(member_dir: &Path, derived: Ids) -> std::io::Result<Ids> {
     let path = member_dir.join("ids");
-    match fs::read_to_string(&path) {
-        Ok(text) => parse(&text).ok_or_else(|| {
-            std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("{} is malformed: {text:?}", path.display()),
-            )
-        }),
+    match load(member_dir) {
+        Ok(ids) => Ok(ids),
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
             let tmp = member_dir.join("ids.tmp");
             let mut file = fs::File::create(&tmp)?;
