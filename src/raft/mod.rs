@@ -173,6 +173,7 @@ pub use storage::LogStore;
 
 use crate::wal::disk::{Disk, GlommioDisk};
 use crate::wal::{Wal, WalStats};
+use futures::channel::oneshot;
 use queue::{Request, RequestQueue};
 
 /// The application's deterministic state machine.
@@ -323,6 +324,20 @@ impl std::fmt::Debug for RaftHandle {
 }
 
 impl RaftHandle {
+    /// Queues the request `make` builds around a reply channel (waiting for room, like
+    /// `propose`) and resolves with the loop's answer; `Stopped` if the loop ends first.
+    fn ask<T: Send + 'static>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, RaftError>>) -> Request + Send + 'static,
+    ) -> impl Future<Output = Result<T, RaftError>> + Send + 'static {
+        let inner = self.inner.clone();
+        async move {
+            let (reply, done) = oneshot::channel();
+            inner.shared.queue.push(make(reply)).await?;
+            done.await.unwrap_or(Err(RaftError::Stopped))
+        }
+    }
+
     /// Proposes `data`; resolves with the StateMachine's reply once the entry is committed and
     /// applied on this member.
     ///
@@ -381,16 +396,7 @@ impl RaftHandle {
     /// once this member's applied index >= the read index confirmed by a quorum. Waits for
     /// queue room like `propose`.
     pub fn read_index(&self) -> impl Future<Output = Result<(), RaftError>> + Send + 'static {
-        let inner = self.inner.clone();
-        async move {
-            let (reply, done) = futures::channel::oneshot::channel();
-            inner
-                .shared
-                .queue
-                .push(Request::ReadIndex { reply })
-                .await?;
-            done.await.unwrap_or(Err(RaftError::Stopped))
-        }
+        self.ask(move |reply| Request::ReadIndex { reply })
     }
 
     /// Proposes a membership change (see "Membership changes"); resolves with the
@@ -400,17 +406,8 @@ impl RaftHandle {
         &self,
         change: ConfChange,
     ) -> impl Future<Output = Result<Vec<u8>, RaftError>> + Send + 'static {
-        let inner = self.inner.clone();
-        async move {
-            let (reply, done) = futures::channel::oneshot::channel();
-            let change = Box::new(change);
-            inner
-                .shared
-                .queue
-                .push(Request::ProposeConfChange { change, reply })
-                .await?;
-            done.await.unwrap_or(Err(RaftError::Stopped))
-        }
+        let change = Box::new(change);
+        self.ask(move |reply| Request::ProposeConfChange { change, reply })
     }
 
     /// The leader's view of how far member `id`'s log is (etcd checks it before promoting a
@@ -419,16 +416,7 @@ impl RaftHandle {
         &self,
         id: u64,
     ) -> impl Future<Output = Result<LearnerProgress, RaftError>> + Send + 'static {
-        let inner = self.inner.clone();
-        async move {
-            let (reply, done) = futures::channel::oneshot::channel();
-            inner
-                .shared
-                .queue
-                .push(Request::LearnerProgress { id, reply })
-                .await?;
-            done.await.unwrap_or(Err(RaftError::Stopped))
-        }
+        self.ask(move |reply| Request::LearnerProgress { id, reply })
     }
 
     /// Starts handing the leadership to the voter `target`; resolves once raft has started the
@@ -439,16 +427,7 @@ impl RaftHandle {
         &self,
         target: u64,
     ) -> impl Future<Output = Result<(), RaftError>> + Send + 'static {
-        let inner = self.inner.clone();
-        async move {
-            let (reply, done) = futures::channel::oneshot::channel();
-            inner
-                .shared
-                .queue
-                .push(Request::TransferLeader { target, reply })
-                .await?;
-            done.await.unwrap_or(Err(RaftError::Stopped))
-        }
+        self.ask(move |reply| Request::TransferLeader { target, reply })
     }
 
     /// Hands a raft message from a peer to the loop. Never waits: a full queue drops the message
