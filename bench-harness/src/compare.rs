@@ -12,7 +12,7 @@
 use crate::chart;
 use crate::cluster::{self, Cluster};
 use crate::disk;
-use crate::load::{self, LoadConfig};
+use crate::load::LoadConfig;
 use crate::server;
 use crate::summary::{self, Summary};
 use crate::workload::{self, Workload};
@@ -315,8 +315,13 @@ async fn run_one(
     .await?;
     let mut load = config.load.clone();
     load.endpoints = servers.endpoints_leader_first().await?;
+    // The setup (a range's keys) is not part of the workload's CPU time.
+    let prepared = workload::prepare(&load, &config.workload).await;
     let cpu_before = servers.cpu_seconds()?;
-    let outcome = run_workload(config, &load, &load.endpoints[0]).await;
+    let outcome = match prepared {
+        Ok(()) => workload::run(&load, &config.workload).await,
+        Err(error) => Err(error),
+    };
     let cpu_workload_s = servers.cpu_seconds()? - cpu_before;
     let peak_rss_kib = servers.peak_rss_kib()?;
     let exit_status = servers.stop().await?;
@@ -345,19 +350,6 @@ async fn run_one(
         exit_status,
     };
     Ok((result, args))
-}
-
-async fn run_workload(
-    config: &CompareConfig,
-    load: &LoadConfig,
-    endpoint: &str,
-) -> Result<Summary, BenchError> {
-    // A range reads one existing key, as etcd's op-guide figures do after a put.
-    if let Workload::Range(range) = &config.workload {
-        let value = load::pseudo_random_bytes(config.load.val_size, 1);
-        load::put_once(endpoint, &range.key, &value).await?;
-    }
-    workload::run(load, &config.workload).await
 }
 
 /// HdrHistogram's percentile-distribution text, one file per round and server (and part).

@@ -430,8 +430,16 @@ async fn send(client: &mut Client, plan: &Plan, request: u64) -> Result<Part, (S
             Ok(None)
         }
         Workload::Range(range) => {
-            let request = range_request(range);
-            client.kv.range(request).await.map_err(|s| (s, None))?;
+            let mut read = range_request(range);
+            if range.fill_keys > 0 {
+                let key_number = if config.sequential_keys {
+                    request % range.fill_keys
+                } else {
+                    client.rng.next_u64() % range.fill_keys
+                };
+                read.key = key_bytes(key_number, config.key_size);
+            }
+            client.kv.range(read).await.map_err(|s| (s, None))?;
             Ok(None)
         }
         Workload::TxnPut { txn_ops } => {

@@ -160,6 +160,10 @@ struct RangeArgs {
     keys_only: bool,
     #[arg(long)]
     count_only: bool,
+    /// Put this many keys (0..N at --key-size and --val-size) first, then read one of them per
+    /// request, at random (or in order with --sequential-keys); 0 reads --key.
+    #[arg(long, default_value_t = 0)]
+    fill_keys: u64,
 }
 
 #[derive(Args, Clone)]
@@ -350,6 +354,7 @@ impl RangeArgs {
             limit: self.limit,
             keys_only: self.keys_only,
             count_only: self.count_only,
+            fill_keys: self.fill_keys,
         }
     }
 }
@@ -409,6 +414,7 @@ impl WorkloadCommand {
                     limit: *limit,
                     keys_only: false,
                     count_only: false,
+                    fill_keys: 0,
                 };
                 (
                     load.config(endpoints),
@@ -495,6 +501,9 @@ async fn run_workload(
 ) -> Result<i32, BenchError> {
     let endpoints = endpoints.unwrap_or_else(|| vec!["http://127.0.0.1:2379".into()]);
     let (load, workload) = command.build(endpoints)?;
+    if matches!(&workload, Workload::Range(range) if range.fill_keys > 0) {
+        workload::prepare(&load, &workload).await?;
+    }
     let summary = workload::run(&load, &workload).await?;
     print!("{}", summary.table());
     if let Some(path) = json {

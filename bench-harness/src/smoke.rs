@@ -48,6 +48,7 @@ fn range(serializable: bool, all_keys: bool) -> RangeSpec {
         limit: if all_keys { 10 } else { 0 },
         keys_only: all_keys,
         count_only: false,
+        fill_keys: 0,
     }
 }
 
@@ -57,6 +58,13 @@ pub fn workloads(seconds: f64) -> Vec<(LoadConfig, Workload)> {
         (tiny(seconds, 4), Workload::Put),
         (tiny(seconds, 4), Workload::Range(range(false, false))),
         (tiny(seconds, 4), Workload::Range(range(true, true))),
+        (
+            tiny(seconds, 4),
+            Workload::Range(RangeSpec {
+                fill_keys: 200,
+                ..range(true, false)
+            }),
+        ),
         (tiny(seconds, 4), Workload::TxnPut { txn_ops: 4 }),
         (
             tiny(seconds, 4),
@@ -128,7 +136,11 @@ pub async fn run(config: &SmokeConfig) -> Result<bool, BenchError> {
         for (mut load, workload) in workloads(config.seconds) {
             load.endpoints = vec![server.endpoint()];
             let name = workload.name();
-            let (passed, line) = match workload::run(&load, &workload).await {
+            let outcome = match workload::prepare(&load, &workload).await {
+                Ok(()) => workload::run(&load, &workload).await,
+                Err(error) => Err(error),
+            };
+            let (passed, line) = match outcome {
                 Ok(summary) if summary.requests > 0 && summary.errors == 0 => {
                     (true, format!("ok, {} requests", summary.requests))
                 }

@@ -69,6 +69,7 @@ pub fn standard(seconds: Option<f64>) -> Vec<Entry> {
                 limit: 0,
                 keys_only: false,
                 count_only: false,
+                fill_keys: 0,
             };
             let consistency = if serializable { "s" } else { "l" };
             entries.push(Entry {

@@ -21,6 +21,10 @@ pub struct RangeSpec {
     pub limit: i64,
     pub keys_only: bool,
     pub count_only: bool,
+    /// 0: read `key` (and `range_end`). N > 0: before the run, put N keys (`load::key_bytes`
+    /// of 0..N at the load's key and value sizes), then read one of them per request, at random
+    /// (or in order with `sequential_keys`): a data set larger than a server's cache.
+    pub fill_keys: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -76,9 +80,11 @@ impl Workload {
     pub fn name(&self) -> String {
         match self {
             Workload::Put => "put".into(),
-            Workload::Range(range) => {
-                format!("range-{}", if range.serializable { "s" } else { "l" })
-            }
+            Workload::Range(range) => format!(
+                "range-{}{}",
+                if range.serializable { "s" } else { "l" },
+                if range.fill_keys > 0 { "-filled" } else { "" }
+            ),
             Workload::TxnPut { .. } => "txn-put".into(),
             Workload::TxnMixed { .. } => "txn-mixed".into(),
             Workload::LeaseKeepalive => "lease-keepalive".into(),
@@ -151,10 +157,15 @@ impl Workload {
                     return fail("defrag needs an open-loop load: give --rate".into());
                 }
             }
-            Workload::Put
-            | Workload::Range(_)
-            | Workload::LeaseKeepalive
-            | Workload::CheckPerf { .. } => {}
+            Workload::Range(range) => {
+                if range.fill_keys > FILL_KEYS_MAX {
+                    return fail(format!("--fill-keys must be at most {FILL_KEYS_MAX}"));
+                }
+                if range.fill_keys > 0 && !range.range_end.is_empty() {
+                    return fail("--fill-keys reads single keys: drop --end/--from-key".into());
+                }
+            }
+            Workload::Put | Workload::LeaseKeepalive | Workload::CheckPerf { .. } => {}
         }
         Ok(())
     }
@@ -182,6 +193,45 @@ pub fn check_perf_config(
         rate: f64::from(load.limit),
         request_timeout: std::time::Duration::from_secs(60),
     }
+}
+
+/// Most keys a range's fill may put (10 M keys of 1 KiB is 10 GB).
+pub const FILL_KEYS_MAX: u64 = 10_000_000;
+/// Clients (on as many connections) that put a range's fill keys.
+const FILL_CLIENTS: usize = 64;
+
+/// The untimed setup a workload needs on a fresh server: a range's key (or its fill keys).
+/// `compare` calls it before it starts counting the servers' CPU time.
+pub async fn prepare(config: &LoadConfig, workload: &Workload) -> Result<(), BenchError> {
+    let Workload::Range(range) = workload else {
+        return Ok(());
+    };
+    if range.fill_keys == 0 {
+        // A range reads one existing key, as etcd's op-guide figures do after a put.
+        let value = load::pseudo_random_bytes(config.val_size, 1);
+        return load::put_once(&config.endpoints[0], &range.key, &value).await;
+    }
+    let fill = LoadConfig {
+        conns: FILL_CLIENTS,
+        clients: FILL_CLIENTS,
+        total: Some(range.fill_keys),
+        duration: None,
+        key_space_size: range.fill_keys,
+        sequential_keys: true,
+        rate: 0.0,
+        ..config.clone()
+    };
+    let summary = load::run(&fill, &Workload::Put).await?;
+    if summary.errors > 0 {
+        return Err(BenchError::Server {
+            server: config.endpoints[0].clone(),
+            reason: format!(
+                "{} of the {} fill puts failed",
+                summary.errors, range.fill_keys
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// Runs `workload` against `config.endpoints` and returns its figures. A server that answers
