@@ -12,9 +12,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cluster_support::Cluster;
+use cluster_support::{read_all, runtime, try_kv_client, Cluster};
 use ringkv_proto::etcdserverpb::kv_client::KvClient;
-use ringkv_proto::etcdserverpb::{PutRequest, RangeRequest};
+use ringkv_proto::etcdserverpb::PutRequest;
 use ringkv_proto::ringkvpeerpb::raft_peer_client::RaftPeerClient;
 use ringkv_proto::ringkvpeerpb::{Hello, MessageBatch};
 use server_support::{etcdctl, is_reference, json, ok};
@@ -25,51 +25,6 @@ const LOAD_WRITES: usize = 600;
 const LOAD_TIME_LIMIT: Duration = Duration::from_secs(90);
 /// Acknowledged writes before the kill, so the kill lands under load.
 const ACKED_BEFORE_KILL: usize = 60;
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-async fn client(endpoint: &str) -> Option<KvClient<Channel>> {
-    let channel = tonic::transport::Endpoint::from_shared(endpoint.to_owned())
-        .ok()?
-        .connect_timeout(Duration::from_secs(1))
-        .timeout(Duration::from_secs(3))
-        .connect()
-        .await
-        .ok()?;
-    Some(KvClient::new(channel))
-}
-
-/// Every key under `prefix` and its value, read on `endpoint` (linearizable).
-fn read_all(endpoint: &str, prefix: &str) -> BTreeMap<String, String> {
-    runtime().block_on(async {
-        let mut kv = client(endpoint).await.expect("connect");
-        let mut end = prefix.as_bytes().to_vec();
-        *end.last_mut().unwrap() += 1;
-        let resp = kv
-            .range(RangeRequest {
-                key: prefix.as_bytes().to_vec(),
-                range_end: end,
-                ..RangeRequest::default()
-            })
-            .await
-            .expect("linearizable range")
-            .into_inner();
-        resp.kvs
-            .into_iter()
-            .map(|kv| {
-                (
-                    String::from_utf8(kv.key).unwrap(),
-                    String::from_utf8(kv.value).unwrap(),
-                )
-            })
-            .collect()
-    })
-}
 
 /// The load: `LOAD_WRITES` puts of `load/<n>`, round robin over every member's endpoint (a put
 /// to a dead member or during an election fails and is not acknowledged). Records the
@@ -104,7 +59,7 @@ impl Load {
                     }
                     let i = n % endpoints.len();
                     if clients[i].is_none() {
-                        clients[i] = client(&endpoints[i]).await;
+                        clients[i] = try_kv_client(&endpoints[i], Duration::from_secs(3)).await;
                     }
                     let Some(kv) = clients[i].as_mut() else {
                         continue;

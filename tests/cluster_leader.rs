@@ -10,18 +10,13 @@ mod server_support;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use cluster_support::{Cluster, Member};
-use ringkv_proto::etcdserverpb::kv_client::KvClient;
+/// How long a test's KV request may wait (a put waits out an election).
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(15);
+
+use cluster_support::{kv_client, runtime, wait_no_leader, Cluster, Member};
 use ringkv_proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use ringkv_proto::etcdserverpb::{MoveLeaderRequest, PutRequest, RangeRequest};
 use server_support::{etcdctl, fails, ok};
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 fn all_endpoints(cluster: &Cluster) -> String {
     cluster
@@ -30,22 +25,6 @@ fn all_endpoints(cluster: &Cluster) -> String {
         .map(Member::endpoint)
         .collect::<Vec<_>>()
         .join(",")
-}
-
-/// Polls `member`'s status until it names no leader (it has lost its leader and campaigns).
-fn wait_no_leader(member: &Member, limit: Duration) {
-    let deadline = Instant::now() + limit;
-    loop {
-        if Cluster::status(member).is_some_and(|s| s.1 == 0) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} still names a leader after {limit:?}",
-            member.name
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[test]
@@ -244,17 +223,6 @@ fn lease_keep_alive_and_time_to_live_work_through_a_follower() {
 const LOAD_WRITES: usize = 200;
 const ACKED_BEFORE_KILL: usize = 30;
 
-async fn kv_client(endpoint: &str) -> KvClient<tonic::transport::Channel> {
-    let channel = tonic::transport::Endpoint::from_shared(endpoint.to_owned())
-        .unwrap()
-        .connect_timeout(Duration::from_secs(2))
-        .timeout(Duration::from_secs(15))
-        .connect()
-        .await
-        .unwrap();
-    KvClient::new(channel)
-}
-
 /// The leader is SIGKILLed under a load of puts sent only to the followers. In phase 1 every
 /// put made during the election failed at once with "no leader"; now they wait for the new
 /// leader. The only failure allowed is etcd's "request timed out, possibly due to previous
@@ -276,7 +244,7 @@ fn puts_through_followers_wait_out_a_leader_kill() {
         runtime().block_on(async move {
             let mut clients = Vec::new();
             for e in &endpoints {
-                clients.push(kv_client(e).await);
+                clients.push(kv_client(e, CLIENT_TIMEOUT).await);
             }
             let mut acked = BTreeMap::new();
             let mut errors = Vec::new();
@@ -323,7 +291,7 @@ fn puts_through_followers_wait_out_a_leader_kill() {
     assert_eq!(acked.len() + errors.len(), LOAD_WRITES);
     runtime().block_on(async {
         for endpoint in &followers {
-            let resp = kv_client(endpoint)
+            let resp = kv_client(endpoint, CLIENT_TIMEOUT)
                 .await
                 .range(RangeRequest {
                     key: b"load/".to_vec(),

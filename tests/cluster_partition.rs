@@ -11,13 +11,11 @@ mod cluster_support;
 mod server_support;
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use cluster_support::{Cluster, Member};
-use ringkv_proto::etcdserverpb::kv_client::KvClient;
-use ringkv_proto::etcdserverpb::{PutRequest, RangeRequest};
+use cluster_support::{kv_client, read_all, runtime, wait_no_leader, Cluster};
+use ringkv_proto::etcdserverpb::PutRequest;
 use server_support::{fails, ok};
-use tonic::transport::Channel;
 
 /// Writes of the load, and how long one may take (far above an election and etcd's request
 /// timeout, so only a refused write fails).
@@ -26,58 +24,13 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(15);
 /// Writes acknowledged before the follower is stopped, so that it stops under load.
 const WRITES_BEFORE_PAUSE: usize = 50;
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-async fn client(endpoint: &str) -> KvClient<Channel> {
-    let channel = tonic::transport::Endpoint::from_shared(endpoint.to_owned())
-        .unwrap()
-        .connect_timeout(Duration::from_secs(2))
-        .timeout(WRITE_TIMEOUT)
-        .connect()
-        .await
-        .unwrap_or_else(|e| panic!("connect {endpoint}: {e}"));
-    KvClient::new(channel)
-}
-
-/// Every key under `prefix` and its value, read on `endpoint` (linearizable).
-fn read_all(endpoint: &str, prefix: &str) -> BTreeMap<String, String> {
-    runtime().block_on(async {
-        let mut kv = client(endpoint).await;
-        let mut end = prefix.as_bytes().to_vec();
-        *end.last_mut().unwrap() += 1;
-        let resp = kv
-            .range(RangeRequest {
-                key: prefix.as_bytes().to_vec(),
-                range_end: end,
-                ..RangeRequest::default()
-            })
-            .await
-            .expect("linearizable range")
-            .into_inner();
-        resp.kvs
-            .into_iter()
-            .map(|kv| {
-                (
-                    String::from_utf8(kv.key).unwrap(),
-                    String::from_utf8(kv.value).unwrap(),
-                )
-            })
-            .collect()
-    })
-}
-
 /// `LOAD_WRITES` puts of `load/<n>`, round robin over `endpoints`; after `WRITES_BEFORE_PAUSE`
 /// of them, `pause` runs once. Every put must be acknowledged. Returns what was written.
 fn load(endpoints: &[String], mut pause: impl FnMut()) -> BTreeMap<String, String> {
     runtime().block_on(async {
         let mut clients = Vec::new();
         for e in endpoints {
-            clients.push(client(e).await);
+            clients.push(kv_client(e, WRITE_TIMEOUT).await);
         }
         let mut written = BTreeMap::new();
         for n in 0..LOAD_WRITES {
@@ -98,22 +51,6 @@ fn load(endpoints: &[String], mut pause: impl FnMut()) -> BTreeMap<String, Strin
         }
         written
     })
-}
-
-/// Polls `member`'s status until it names no leader.
-fn wait_no_leader(member: &Member, limit: Duration) {
-    let deadline = Instant::now() + limit;
-    loop {
-        if Cluster::status(member).is_some_and(|s| s.1 == 0) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} still names a leader after {limit:?}",
-            member.name
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[test]

@@ -40,14 +40,8 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 async fn client(endpoint: &str) -> KvClient<Channel> {
-    let channel = tonic::transport::Endpoint::from_shared(endpoint.to_owned())
-        .unwrap()
-        .connect_timeout(Duration::from_secs(2))
-        .timeout(Duration::from_secs(10))
-        .connect()
+    cluster_support::kv_client(endpoint, Duration::from_secs(10))
         .await
-        .expect("connect");
-    KvClient::new(channel)
         .max_decoding_message_size(64 << 20)
         .max_encoding_message_size(64 << 20)
 }

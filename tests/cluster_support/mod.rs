@@ -4,10 +4,15 @@
 
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use ringkv_proto::etcdserverpb::kv_client::KvClient;
+use ringkv_proto::etcdserverpb::RangeRequest;
+use tonic::transport::Channel;
 
 use super::server_support::{free_port, json, server_binary};
 
@@ -350,5 +355,76 @@ impl Cluster {
             out.push_str(&m.log());
         }
         out
+    }
+}
+
+/// A current-thread tokio runtime for a test's gRPC calls.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// A KV client of `endpoint` whose requests fail after `timeout`; `None` if it cannot connect
+/// (a member that is down).
+pub async fn try_kv_client(endpoint: &str, timeout: Duration) -> Option<KvClient<Channel>> {
+    let channel = tonic::transport::Endpoint::from_shared(endpoint.to_owned())
+        .ok()?
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(timeout)
+        .connect()
+        .await
+        .ok()?;
+    Some(KvClient::new(channel))
+}
+
+/// A KV client of `endpoint` (which must be up) whose requests fail after `timeout`.
+pub async fn kv_client(endpoint: &str, timeout: Duration) -> KvClient<Channel> {
+    try_kv_client(endpoint, timeout)
+        .await
+        .unwrap_or_else(|| panic!("cannot connect to {endpoint}"))
+}
+
+/// Every key under `prefix` with its value, by a linearizable range through `endpoint`.
+pub fn read_all(endpoint: &str, prefix: &str) -> BTreeMap<String, String> {
+    runtime().block_on(async {
+        let mut kv = kv_client(endpoint, Duration::from_secs(15)).await;
+        let mut end = prefix.as_bytes().to_vec();
+        *end.last_mut().unwrap() += 1;
+        let resp = kv
+            .range(RangeRequest {
+                key: prefix.as_bytes().to_vec(),
+                range_end: end,
+                ..RangeRequest::default()
+            })
+            .await
+            .expect("linearizable range")
+            .into_inner();
+        resp.kvs
+            .into_iter()
+            .map(|kv| {
+                (
+                    String::from_utf8(kv.key).unwrap(),
+                    String::from_utf8(kv.value).unwrap(),
+                )
+            })
+            .collect()
+    })
+}
+
+/// Polls `member` (bounded by `limit`) until it names no leader.
+pub fn wait_no_leader(member: &Member, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    loop {
+        if Cluster::status(member).is_some_and(|s| s.1 == 0) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} still names a leader after {limit:?}",
+            member.name
+        );
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
