@@ -5,57 +5,12 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod raft_support;
+
 use parking_lot::Mutex;
+use raft_support::{block_on, Applied, ToySm};
 use ringkv::raft::{self, Committed, RaftConfig, RaftError, RaftHandle, StateMachine};
 use ringkv::wal::Record;
-
-/// What the toy state machine has applied, shared with the test.
-#[derive(Clone, Default)]
-struct Applied(Arc<Mutex<Vec<Committed>>>);
-
-impl Applied {
-    fn data(&self) -> Vec<Vec<u8>> {
-        self.0.lock().iter().map(|c| c.data.clone()).collect()
-    }
-    fn indexes(&self) -> Vec<u64> {
-        self.0.lock().iter().map(|c| c.index).collect()
-    }
-}
-
-/// Appends every entry to `log`; its "durable" applied index is the last one it applied. Replies
-/// `"<index>:<data>"`.
-struct ToySm {
-    log: Applied,
-    applied: u64,
-}
-
-impl ToySm {
-    fn boxed(log: Applied, applied: u64) -> Box<dyn StateMachine> {
-        Box::new(ToySm { log, applied })
-    }
-}
-
-impl StateMachine for ToySm {
-    fn apply(&mut self, entries: &[Committed]) -> Vec<Vec<u8>> {
-        let mut log = self.log.0.lock();
-        entries
-            .iter()
-            .map(|e| {
-                assert!(e.index > self.applied, "applied twice: {}", e.index);
-                assert!(!e.data.is_empty());
-                self.applied = e.index;
-                log.push(e.clone());
-                let mut reply = format!("{}:", e.index).into_bytes();
-                reply.extend_from_slice(&e.data);
-                reply
-            })
-            .collect()
-    }
-
-    fn applied_index(&self) -> u64 {
-        self.applied
-    }
-}
 
 fn config(dir: &Path) -> RaftConfig {
     RaftConfig::small(dir.join("wal"), 1, 0xc1)
@@ -63,10 +18,6 @@ fn config(dir: &Path) -> RaftConfig {
 
 fn start(dir: &Path, log: &Applied, applied: u64) -> RaftHandle {
     raft::start(config(dir), ToySm::boxed(log.clone(), applied)).expect("start")
-}
-
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    futures::executor::block_on(f)
 }
 
 fn wait_leader(handle: &RaftHandle) {

@@ -21,11 +21,23 @@ impl Applied {
     pub fn data(&self) -> Vec<Vec<u8>> {
         self.0.lock().iter().map(|c| c.data.clone()).collect()
     }
+
+    pub fn indexes(&self) -> Vec<u64> {
+        self.0.lock().iter().map(|c| c.index).collect()
+    }
 }
 
+/// Appends every entry to `log`; its "durable" applied index is the last one it applied. Replies
+/// `"<index>:<data>"`.
 pub struct ToySm {
     log: Applied,
     applied: u64,
+}
+
+impl ToySm {
+    pub fn boxed(log: Applied, applied: u64) -> Box<dyn StateMachine> {
+        Box::new(ToySm { log, applied })
+    }
 }
 
 impl StateMachine for ToySm {
@@ -35,6 +47,7 @@ impl StateMachine for ToySm {
             .iter()
             .map(|e| {
                 assert!(e.index > self.applied, "applied twice: {}", e.index);
+                assert!(!e.data.is_empty(), "the engine hands over only proposals");
                 self.applied = e.index;
                 log.push(e.clone());
                 let mut reply = format!("{}:", e.index).into_bytes();
@@ -86,10 +99,7 @@ impl Members {
             cfg.voters = IDS.to_vec();
             cfg.request_timeout = request_timeout;
             let log = Applied::default();
-            let sm = Box::new(ToySm {
-                log: log.clone(),
-                applied: 0,
-            });
+            let sm = ToySm::boxed(log.clone(), 0);
             let handle =
                 raft::start_with_transport(cfg, sm, Box::new(router.clone())).expect("start");
             router.handles.lock().insert(id, handle.clone());
