@@ -47,8 +47,8 @@ mod tests {
 
     use super::super::entry::ProposalRequest;
     use super::super::harness::Harness;
-    use crate::mvcc::RangeOptions;
     use crate::mvcc::MvccError;
+    use crate::mvcc::RangeOptions;
 
     fn put(key: &str, value: &str, lease: i64) -> ProposalRequest {
         ProposalRequest::Put(PutRequest {

@@ -147,12 +147,12 @@ use parking_lot::Mutex;
 
 use crate::page_store::{PageStore, PageStoreError, Snapshot};
 
+pub use encoding::version_key_len;
 use encoding::{
     decode_i64, decode_revision_key, decode_version_key, encode_i64, revision_key, Record,
     LAYOUT_VERSION, META_COMPACTED_REV, META_COMPACT_JOB, META_CURRENT_REV, META_LAYOUT,
     TABLE_REVISION, TABLE_VERSION,
 };
-pub use encoding::version_key_len;
 pub use export::{ExportView, ExportedVersion, Importer};
 pub use range::prefix_end;
 use range::KeyRange;

@@ -471,7 +471,9 @@ fn raw_store(records: &[(Vec<u8>, Vec<u8>)]) -> PageStore {
 
 #[test]
 fn a_store_of_the_old_key_layout_is_refused_at_open() {
-    let err = Mvcc::open(raw_store(&layout_1_records())).err().expect("refused");
+    let err = Mvcc::open(raw_store(&layout_1_records()))
+        .err()
+        .expect("refused");
     assert!(
         matches!(
             err,
@@ -483,7 +485,10 @@ fn a_store_of_the_old_key_layout_is_refused_at_open() {
         "{err:?}"
     );
     let msg = err.to_string();
-    assert!(msg.contains("key layout 1") && msg.contains("snapshot restore"), "{msg}");
+    assert!(
+        msg.contains("key layout 1") && msg.contains("snapshot restore"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -498,7 +503,10 @@ fn a_store_of_an_unknown_layout_is_refused_at_open() {
     records.push((META_LAYOUT.to_vec(), b"x".to_vec()));
     records.sort();
     let err = Mvcc::open(raw_store(&records)).err().expect("refused");
-    assert!(matches!(err, MvccError::Layout { found: -1, .. }), "{err:?}");
+    assert!(
+        matches!(err, MvccError::Layout { found: -1, .. }),
+        "{err:?}"
+    );
 }
 
 #[test]
@@ -510,7 +518,11 @@ fn a_new_store_is_marked_with_the_layout_and_reopens() {
     let m = open();
     let layout = m.page_store().snapshot().get(META_LAYOUT).unwrap();
     assert_eq!(layout, Some(LAYOUT_VERSION.to_be_bytes().to_vec()));
-    assert_eq!(m.page_store().consistent_index(), 0, "marking keeps the index");
+    assert_eq!(
+        m.page_store().consistent_index(),
+        0,
+        "marking keeps the index"
+    );
     put(&m, b"k\0\xfe\xff", b"v");
     drop(m);
     let m = open();
@@ -525,8 +537,7 @@ fn a_raft_snapshot_of_the_old_layout_is_refused_and_changes_nothing() {
     let records = layout_1_records();
     let err = m
         .replace_all::<MvccError>(records.into_iter().map(Ok), 9)
-        .err()
-        .expect("refused");
+        .expect_err("refused");
     assert!(matches!(err, MvccError::Layout { found: 1, .. }), "{err:?}");
     assert_eq!(m.current_revision(), 2);
     assert_eq!(get(&m, b"x", 0).unwrap().unwrap().value, b"1");
