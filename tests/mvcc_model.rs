@@ -55,6 +55,7 @@ fn err_kind(e: &MvccError) -> Expect {
         MvccError::Compacted => Expect::Compacted,
         MvccError::FutureRevision => Expect::Future,
         MvccError::Store(e) => panic!("unexpected store error: {e}"),
+        MvccError::Layout { .. } => panic!("unexpected layout error: {e}"),
     }
 }
 

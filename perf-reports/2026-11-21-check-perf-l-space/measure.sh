@@ -1,12 +1,12 @@
 #!/bin/bash
-# usage: measure.sh <ringkv|etcd> <binary> <duration> [extra flags]
+# usage: [BENCH=ringkv-bench] measure.sh <ringkv|etcd> <binary> <duration> [extra flags]
 which=$1; bin=$2; dur=$3; shift 3
 P=$((20000 + RANDOM % 20000)); PP=$((P+1))
 D=/tmp/space/data-$which-$$; rm -rf $D
 $bin --name b --data-dir $D --listen-client-urls http://127.0.0.1:$P --advertise-client-urls http://127.0.0.1:$P --listen-peer-urls http://127.0.0.1:$PP --initial-advertise-peer-urls http://127.0.0.1:$PP --initial-cluster b=http://127.0.0.1:$PP "$@" > /tmp/space/$which.log 2>&1 &
 SP=$!
 sleep 2
-/work/wt-space/target/release/ringkv-bench check-perf --endpoints http://127.0.0.1:$P --load l --duration $dur --json /tmp/space/$which.json > /tmp/space/$which.out 2>&1 &
+${BENCH:-/work/wt-space/target/release/ringkv-bench} check-perf --endpoints http://127.0.0.1:$P --load l --duration $dur --json /tmp/space/$which.json > /tmp/space/$which.out 2>&1 &
 BP=$!
 for i in $(seq 1 $((dur/5+2))); do
   sleep 5

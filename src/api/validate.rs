@@ -11,10 +11,9 @@ use ringkv_proto::etcdserverpb::{
 
 use super::error::ApiError;
 
-/// The page store's longest key (`MAX_KEY_BYTES`) ...
+/// The page store's longest key (`MAX_KEY_BYTES`), which MVCC's version key of a user key
+/// (`mvcc::version_key_len`) must fit.
 const STORE_KEY_BYTES_MAX: usize = 3072;
-/// ... less MVCC's version-key framing (table byte, terminator, 16-byte revision).
-const MVCC_KEY_OVERHEAD_BYTES: usize = 19;
 /// The page store's largest value less MVCC's record header, with room to spare.
 pub const VALUE_BYTES_MAX: usize = (16 << 20) - 64;
 
@@ -40,9 +39,7 @@ pub fn check_put(req: &PutRequest) -> Result<(), ApiError> {
     if req.ignore_lease && req.lease != 0 {
         return Err(ApiError::LeaseProvided);
     }
-    // MVCC escapes each NUL byte of a key with one extra byte.
-    let nuls = req.key.iter().fold(0, |n, &b| n + usize::from(b == 0));
-    if req.key.len() + nuls + MVCC_KEY_OVERHEAD_BYTES > STORE_KEY_BYTES_MAX {
+    if crate::mvcc::version_key_len(&req.key) > STORE_KEY_BYTES_MAX {
         return Err(ApiError::KeyTooLarge);
     }
     if req.value.len() > VALUE_BYTES_MAX {

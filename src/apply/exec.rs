@@ -43,7 +43,7 @@ impl From<MvccError> for ExecError {
         match error {
             MvccError::Compacted => ExecError::Refused(ApplyError::Compacted),
             MvccError::FutureRevision => ExecError::Refused(ApplyError::FutureRevision),
-            store @ MvccError::Store(_) => ExecError::Store(store),
+            store @ (MvccError::Store(_) | MvccError::Layout { .. }) => ExecError::Store(store),
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Installing a raft snapshot into the applier: the whole store replaced, then every in-memory
 //! state derived from it (MVCC's revisions, leases, auth, alarms) reloaded and the watch hub told.
 
+use crate::mvcc::MvccError;
 use crate::page_store::{PageStoreError, ReplaceStats};
 
 use super::Applier;
@@ -10,7 +11,7 @@ impl Applier {
     /// member's pinned store) as of raft entry `index`, durably, then reloads what is derived
     /// from the store. `applied_index` and `durable_index` are `index` afterwards. A pending
     /// physical compaction in the image is handed to the compactor thread.
-    pub fn restore<E: From<PageStoreError> + std::fmt::Display>(
+    pub fn restore<E: From<PageStoreError> + From<MvccError> + std::fmt::Display>(
         &mut self,
         records: impl Iterator<Item = Result<(Vec<u8>, Vec<u8>), E>>,
         index: u64,
@@ -46,8 +47,8 @@ mod tests {
 
     use super::super::entry::ProposalRequest;
     use super::super::harness::Harness;
+    use crate::mvcc::MvccError;
     use crate::mvcc::RangeOptions;
-    use crate::page_store::PageStoreError;
 
     fn put(key: &str, value: &str, lease: i64) -> ProposalRequest {
         ProposalRequest::Put(PutRequest {
@@ -115,7 +116,7 @@ mod tests {
         let image = records(&leader);
         let stats = follower
             .applier
-            .restore::<PageStoreError>(image.clone().into_iter().map(Ok), leader.index)
+            .restore::<MvccError>(image.clone().into_iter().map(Ok), leader.index)
             .unwrap();
         assert!(stats.deleted > 0 && stats.written > 0, "{stats:?}");
         assert_eq!(records(&follower), image);

@@ -9,7 +9,8 @@ use crate::page_store::{PageStore, Snapshot, WriteTxn};
 
 use super::encoding::{
     decode_i64, decode_revision_key, encode_i64, revision_key, version_key, CompactJob, Record,
-    META_COMPACTED_REV, META_COMPACT_JOB, META_CURRENT_REV, TABLE_REVISION,
+    LAYOUT_VERSION, META_COMPACTED_REV, META_COMPACT_JOB, META_CURRENT_REV, META_LAYOUT,
+    TABLE_REVISION,
 };
 use super::view::newest_at;
 use super::{KeyValue, Mvcc, MvccBatch, Result, Revision};
@@ -231,6 +232,7 @@ impl<'a> Importer<'a> {
             .max(compacted)
             .max(1);
         let mut txn = self.txn.take().unwrap_or_else(|| self.store.begin_write());
+        txn.put(META_LAYOUT, &encode_i64(LAYOUT_VERSION))?;
         txn.put(META_CURRENT_REV, &encode_i64(current))?;
         if compacted > 0 {
             txn.put(META_COMPACTED_REV, &encode_i64(compacted))?;

@@ -17,11 +17,12 @@
 //!
 //! ```text
 //! meta      0x01 ‖ name                                   -> value
+//!             "layout"         -> i64    this layout's version, 2 (see "Layout versions")
 //!             "current_rev"    -> i64    revision of the latest committed write
 //!             "compacted_rev"  -> i64    reads below it fail with `Compacted`
 //!             "compact_job"    -> from i64 ‖ target i64 ‖ next main i64 ‖ next sub i64
 //!                                          (present only while a physical compaction is due)
-//! version   0x02 ‖ esc(key) ‖ 0x00 0x00 ‖ main ‖ sub      -> record
+//! version   0x02 ‖ esc(key) ‖ 0x00 ‖ main ‖ sub           -> record
 //!             record = 0x00 ‖ create_revision ‖ version ‖ lease ‖ value bytes   (a put)
 //!                    | 0x01                                                     (a tombstone)
 //! revision  0x03 ‖ main ‖ sub                             -> key (raw bytes)
@@ -37,20 +38,48 @@
 //! auth      0x06 ‖ sub ‖ name                             -> users, roles, flags (`src/auth/`)
 //! ```
 //!
-//! `esc` writes each `0x00` byte of the key as `0x00 0xFF` and leaves other bytes alone, so the
-//! terminator `0x00 0x00` sorts below every continuation of the key: the encoding preserves key
-//! order, and the versions of `"a"` never interleave with those of `"a\0"` or `"ab"`. Within a
-//! key, versions sort by revision. Hence:
-//! - the newest version of `key` at revision `r` is one `seek_le(0x02 ‖ esc(key) ‖ 0x00 0x00 ‖
-//!   r ‖ i64::MAX)`: a read at any revision costs O(log n) whatever the key's history;
+//! `esc` maps each byte `b` of the key to `b + 1` if `b <= 0xFD`, to `0xFF 0x01` if `b = 0xFE`
+//! and to `0xFF 0x02` if `b = 0xFF`; the terminator `0x00` follows. Keys that are mostly zero
+//! bytes (etcdctl check perf pads its keys with 248 of them) therefore do not grow.
+//! - *Ordered*: `esc` maps each byte to a code, and the codes are ordered as the bytes are
+//!   (`0x01..=0xFE`, then `0xFF 0x01` < `0xFF 0x02`) and none is a prefix of another (a
+//!   one-byte code is never `0xFF`). So for keys `a < b` differing first at byte `i`, `esc(a)`
+//!   and `esc(b)` agree on the codes before `i` and the code of `b[i]` is greater at its first
+//!   differing byte: `esc(a) ‖ x < esc(b) ‖ y` for any tails. If instead `a` is a proper prefix
+//!   of `b`, `esc(a) ‖ 0x00` is followed in `esc(b)` by a code of at least `0x01`, so
+//!   `esc(a) ‖ 0x00 ‖ rev < esc(b) ‖ 0x00 ‖ rev'`. Within a key, versions sort by revision.
+//! - *Prefix-free*: `esc(key) ‖ 0x00` is the first `0x00` of the encoding, since no code
+//!   contains `0x00`; so it delimits the key, `decode_version_key` inverts it, and
+//!   `0x02 ‖ esc(key) ‖ 0x00` is a prefix of the versions of `key` and of no other key's.
+//! - *Successor*: `0x02 ‖ esc(key) ‖ 0x01` is above every version of `key` (they continue the
+//!   prefix with `0x00`) and at or below every version of every greater key (by the above,
+//!   those either differ earlier and are greater there, or continue `esc(key)` with a code of at
+//!   least `0x01`).
+//!
+//! Hence:
+//! - the newest version of `key` at revision `r` is one `seek_le(0x02 ‖ esc(key) ‖ 0x00 ‖ r ‖
+//!   i64::MAX)`: a read at any revision costs O(log n) whatever the key's history;
 //! - a range visits keys, not versions: after a key, the next one starts at or after
-//!   `0x02 ‖ esc(key) ‖ 0x00 0x01`, found with one seek;
+//!   `0x02 ‖ esc(key) ‖ 0x01`, found with one seek;
 //! - the revision table lists every stored version in commit order, which is what `changes`
 //!   (watch replay) and physical compaction walk.
 //!
 //! The page store bounds key length (`PageStoreError::KeyTooLarge` from the real store), and a
-//! version key is the user key plus 19 bytes plus one byte per NUL in it; the API layer must
-//! reject longer keys before they reach a transaction.
+//! version key is the user key plus 18 bytes plus one byte per 0xFE or 0xFF byte in it
+//! (`version_key_len`); the API layer must reject longer keys before they reach a transaction.
+//!
+//! # Layout versions
+//! `meta "layout"` names the encoding above; `Mvcc::open` and `Mvcc::replace_all` (a raft
+//! snapshot from another member) refuse any other with `MvccError::Layout`, so data is never
+//! misread. A store without the meta key holding no version-table entry is empty and gets the
+//! key at open; one holding entries is layout 1.
+//! - 1 (unversioned, before 2026-11-21): `esc` wrote `0x00` as `0x00 0xFF` and terminated with
+//!   `0x00 0x00`, doubling the zero-padded keys of check perf.
+//! - 2: the encoding above.
+//!
+//! A data dir of another layout moves through an etcd-format snapshot, which holds no MVCC
+//! encoding: `etcdctl snapshot save` from a server on the old binary, then `ringkv snapshot
+//! restore` (`src/snapshot/`) with this one.
 //!
 //! Every version has exactly one revision-table entry and vice versa; both are written and
 //! deleted in the same page-store commit. `current_rev` is written in the commit of its
@@ -118,9 +147,11 @@ use parking_lot::Mutex;
 
 use crate::page_store::{PageStore, PageStoreError, Snapshot};
 
+pub use encoding::version_key_len;
 use encoding::{
-    decode_i64, decode_revision_key, decode_version_key, revision_key, Record, META_COMPACTED_REV,
-    META_COMPACT_JOB, META_CURRENT_REV, TABLE_REVISION, TABLE_VERSION,
+    decode_i64, decode_revision_key, decode_version_key, encode_i64, revision_key, Record,
+    LAYOUT_VERSION, META_COMPACTED_REV, META_COMPACT_JOB, META_CURRENT_REV, META_LAYOUT,
+    TABLE_REVISION, TABLE_VERSION,
 };
 pub use export::{ExportView, ExportedVersion, Importer};
 pub use range::prefix_end;
@@ -137,6 +168,13 @@ pub enum MvccError {
     Compacted,
     #[error("mvcc: required revision is a future revision")]
     FutureRevision,
+    /// The store (or a raft snapshot's records) uses a key layout this build cannot read.
+    #[error(
+        "mvcc: the data uses key layout {found}, this ringkv reads only layout {expected} \
+         (layout 1 is from a ringkv before 2026-11-21); move it with `etcdctl snapshot save` \
+         against the old binary and `ringkv snapshot restore` with this one"
+    )]
+    Layout { found: i64, expected: i64 },
     /// I/O failure or corruption below; the store should be reopened.
     #[error(transparent)]
     Store(#[from] PageStoreError),
@@ -275,6 +313,33 @@ struct ReadView {
     compacted: i64,
 }
 
+/// What `check_layout` found in a store of this layout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LayoutCheck {
+    Marked,
+    /// No layout key and no version: an empty store (or one with only foreign tables).
+    Unmarked,
+}
+
+/// The layout rule of the module doc, given a store's `meta "layout"` value and whether it
+/// holds any version-table entry.
+fn check_layout(layout: Option<&[u8]>, has_versions: bool) -> Result<LayoutCheck> {
+    let found = match layout {
+        Some(v) if v.len() == 8 => decode_i64(v),
+        // Nothing any layout writes: reported as unknown, not a panic.
+        Some(_) => -1,
+        None if has_versions => 1,
+        None => return Ok(LayoutCheck::Unmarked),
+    };
+    if found != LAYOUT_VERSION {
+        return Err(MvccError::Layout {
+            found,
+            expected: LAYOUT_VERSION,
+        });
+    }
+    Ok(LayoutCheck::Marked)
+}
+
 /// etcd's `rangeKeys` revision checks, in its order: the revision to read at.
 fn check_read_rev(rev: i64, current: i64, compacted: i64) -> Result<i64> {
     if rev > current {
@@ -293,9 +358,22 @@ impl Mvcc {
     }
 
     /// Opens the key space in `store` (an empty store is a key space at revision 1) and finishes
-    /// any physical compaction a crash interrupted.
+    /// any physical compaction a crash interrupted. `Layout` if the store has another layout.
     pub fn open_with(store: PageStore, config: MvccConfig) -> Result<Mvcc> {
         assert!(config.compaction_batch_entries > 0);
+        let snap = store.snapshot();
+        let has_versions = snap
+            .range(&[TABLE_VERSION], Some(&[TABLE_VERSION + 1][..]))
+            .next()
+            .transpose()?
+            .is_some();
+        let layout = snap.get(META_LAYOUT)?;
+        drop(snap);
+        if check_layout(layout.as_deref(), has_versions)? == LayoutCheck::Unmarked {
+            let mut txn = store.begin_write();
+            txn.put(META_LAYOUT, &encode_i64(LAYOUT_VERSION))?;
+            txn.commit(store.consistent_index())?;
+        }
         let snap = store.snapshot();
         let current = snap.get(META_CURRENT_REV)?.map_or(1, |v| decode_i64(&v));
         let compacted = snap.get(META_COMPACTED_REV)?.map_or(-1, |v| decode_i64(&v));

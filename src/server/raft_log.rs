@@ -128,6 +128,9 @@ enum RestoreError {
     Stream(#[from] SnapshotStreamError),
     #[error(transparent)]
     Store(#[from] PageStoreError),
+    /// The image is of another MVCC key layout (a leader on another ringkv version).
+    #[error(transparent)]
+    Mvcc(#[from] crate::mvcc::MvccError),
 }
 
 /// The leader's image: a pinned page-store snapshot, walked by the sender.

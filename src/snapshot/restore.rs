@@ -293,9 +293,7 @@ fn decode_version(k: &[u8], v: &[u8]) -> Result<(Revision, ExportedVersion), Sna
     }
     let kv = mvccpb::KeyValue::decode(v)
         .map_err(|e| invalid(format!("revision {main}: undecodable KeyValue: {e}")))?;
-    // MVCC's version key: the key with each NUL doubled, a terminator and a revision.
-    let encoded = kv.key.len() + kv.key.split(|b| *b == 0).count() - 1 + 19;
-    if kv.key.is_empty() || encoded > MAX_KEY_BYTES {
+    if kv.key.is_empty() || crate::mvcc::version_key_len(&kv.key) > MAX_KEY_BYTES {
         return Err(invalid(format!(
             "revision {main}: key of {} bytes is empty or beyond ringkv's limit",
             kv.key.len()
