@@ -470,3 +470,60 @@ fn every_crash_point_of_a_commit_and_a_cleaner_step_recovers_old_or_new() {
         }
     }
 }
+
+/// One publish of far more leaves than half of `dirty_bytes_max` holds at most that half
+/// unwritten in memory: its further leaves go to their segments at once, unsynced. They read
+/// back before the checkpoint, a crash before it recovers the previous state, and the
+/// checkpoint syncs them (a crash after it keeps every key).
+#[test]
+fn a_publish_beyond_half_the_dirty_bound_writes_its_leaves_at_once() {
+    let config = PageStoreConfig {
+        // Large enough that this publish alone does not force a checkpoint.
+        dirty_bytes_max: 4 << 20,
+        ..config()
+    };
+    // ~3.4 MiB of full leaves (ascending keys fill them): without writing at once, all of
+    // them would stay unwritten, still under `dirty_bytes_max`.
+    let keys: u32 = 10_000;
+    let key = |i: u32| format!("key-{i:06}").into_bytes();
+    let value = |i: u32| vec![i as u8; 300];
+    let disk = SimDisk::new();
+    let store = PageStore::open_on(Arc::new(disk.clone()), config.clone()).unwrap();
+    let mut txn = store.begin_write();
+    for i in 0..keys {
+        txn.put(&key(i), &value(i)).unwrap();
+    }
+    txn.publish(1).unwrap();
+    let unwritten = store.unwritten_bytes();
+    assert!(
+        (1 << 20..=(2 << 20) + (64 << 10)).contains(&unwritten),
+        "{unwritten} bytes of unwritten pages after one publish of ~3 MiB"
+    );
+    let snap = store.snapshot();
+    for i in (0..keys).step_by(7) {
+        assert_eq!(snap.get(&key(i)).unwrap(), Some(value(i)), "key {i}");
+    }
+    drop(snap);
+
+    for seed in 0..3 {
+        let crashed = PageStore::open_on(Arc::new(disk.crash_image(seed)), config.clone()).unwrap();
+        assert_eq!(crashed.snapshot().get(&key(0)).unwrap(), None);
+        assert_eq!(crashed.durable_consistent_index(), 0);
+    }
+
+    store.checkpoint().unwrap();
+    assert_eq!(store.unwritten_bytes(), 0);
+    for seed in 0..3 {
+        let crashed = PageStore::open_on(Arc::new(disk.crash_image(seed)), config.clone()).unwrap();
+        let snap = crashed.snapshot();
+        for i in 0..keys {
+            assert_eq!(
+                snap.get(&key(i)).unwrap(),
+                Some(value(i)),
+                "seed {seed} key {i}"
+            );
+        }
+        drop(snap);
+        crashed.check_integrity().unwrap();
+    }
+}

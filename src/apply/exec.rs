@@ -283,7 +283,9 @@ pub fn delete_range(
     w: &mut WriteAt<'_, '_>,
     req: &DeleteRangeRequest,
 ) -> ExecResult<DeleteRangeResponse> {
-    let deleted = w.txn.delete_range(&req.key, &req.range_end)?;
+    let deleted = w
+        .txn
+        .delete_range_values(&req.key, &req.range_end, req.prev_kv)?;
     for kv in &deleted {
         w.note_lease(&kv.key, kv.lease, 0);
     }

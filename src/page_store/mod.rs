@@ -161,7 +161,9 @@
 //!   a new segment's header and zero fill are written and fdatasync'd, and the directory
 //!   synced, before anything can point into it) and encode it. Overflow extents are written to
 //!   their segment now, unsynced. Tree pages are not written: they join the *unwritten pages*
-//!   (`Pending`), held in memory.
+//!   (`Pending`), held in memory; except that once one publish holds half of `dirty_bytes_max`
+//!   of them, its further leaves are written now, unsynced, like the extents (a publish that
+//!   rewrites much of the tree would otherwise hold all of it in memory).
 //! - P2. Pages the new root no longer reaches leave the live-byte counts; an unwritten one
 //!   moves to the superseded-unwritten set, kept while a snapshot pinned below `g` may read
 //!   it, and never written (its slot in the segment stays zeros: dead space, like a torn page).
@@ -291,7 +293,8 @@
 //! table (about 80 bytes per segment), the pin map, a write transaction's dirty nodes (and its
 //! values too long to inline, until commit), and during a cleaner step its victims' contents
 //! (at most `max_segments` segments), and the unwritten pages of publishes since the last
-//! checkpoint (at most about `dirty_bytes_max`).
+//! checkpoint (at most about `dirty_bytes_max`: one publish adds at most half of it, plus its
+//! branch pages).
 //!
 //! # I/O
 //!

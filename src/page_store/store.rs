@@ -517,19 +517,26 @@ impl Inner {
             extents: Vec::new(),
             new_pages: Vec::new(),
             sealed: Vec::new(),
+            spill: None,
+            spilled: Vec::new(),
         };
         let root = match tree.root.as_mut() {
             Some(r) => flush(r, &mut w)?,
             None => 0,
         };
+        w.write_spill()?;
         let SegWriter {
             allocs,
             extents,
             new_pages,
             sealed,
+            spilled,
             ..
         } = w;
         let mut pending = self.pending.lock();
+        for seg in spilled {
+            pending.touch(seg);
+        }
         for (seg, file, at, bytes) in extents {
             file.write_all_at(&bytes, at)?;
             pending.touch(seg);
@@ -722,6 +729,18 @@ fn newest_superblock(file: &dyn DiskFile) -> Result<Option<(Superblock, u64)>> {
 /// An overflow extent a publish writes at once: `(segment, file, offset, bytes)`.
 type ExtentWrite = (u32, Arc<dyn DiskFile>, u64, Vec<u8>);
 
+/// The most leaf pages a publish's spill (see `SegWriter::write_leaf`) gathers into one write.
+const SPILL_RUN_BYTES: usize = 1 << 20;
+
+/// Consecutive leaf pages of one segment that a publish writes at once instead of holding them
+/// as unwritten pages.
+struct SpillRun {
+    segment: u32,
+    file: Arc<dyn DiskFile>,
+    first: u64,
+    bytes: Vec<u8>,
+}
+
 struct Written {
     root: u64,
     /// `(segment, first page, pages)` allocated by the publish, extents and tree pages.
@@ -740,9 +759,57 @@ struct SegWriter<'a> {
     extents: Vec<ExtentWrite>,
     new_pages: Vec<(u64, Vec<u8>)>,
     sealed: Vec<u32>,
+    /// Leaf pages being gathered for one spill write, and every segment spilled into (the next
+    /// checkpoint fdatasyncs them, as it does the extents' segments).
+    spill: Option<SpillRun>,
+    spilled: Vec<u32>,
 }
 
 impl SegWriter<'_> {
+    /// Whether this publish already holds half of `dirty_bytes_max` of unwritten pages: its
+    /// further leaves are written at once. One publish that changes a large part of the tree
+    /// (check perf's final delete of 480k keys rewrites every leaf of the version table) would
+    /// otherwise hold all of its pages in memory until the next checkpoint, far beyond the
+    /// bound: 2 GiB there.
+    fn spilling(&self) -> bool {
+        self.new_pages.len() * PAGE_BYTES >= self.inner.config.dirty_bytes_max / 2
+    }
+
+    /// Adds leaf page `id` (just allocated in the active segment) to the spill run, writing the
+    /// run first if `id` does not extend it or it is full. Unsynced, like an overflow extent:
+    /// no durable root reaches the page before the checkpoint that syncs its segment.
+    fn spill_leaf(&mut self, id: u64, page: &[u8]) -> Result<()> {
+        debug_assert_eq!(segment_of(id), self.ws.active);
+        let extends = self.spill.as_ref().is_some_and(|run| {
+            run.segment == segment_of(id)
+                && run.first + (run.bytes.len() / PAGE_BYTES) as u64 == id
+                && run.bytes.len() + PAGE_BYTES <= SPILL_RUN_BYTES
+        });
+        if !extends {
+            self.write_spill()?;
+            self.spill = Some(SpillRun {
+                segment: self.ws.active,
+                file: self.ws.active_file.clone(),
+                first: id,
+                bytes: Vec::with_capacity(SPILL_RUN_BYTES),
+            });
+        }
+        let run = self.spill.as_mut().expect("started above");
+        run.bytes.extend_from_slice(page);
+        Ok(())
+    }
+
+    /// Writes the gathered spill run, if any.
+    fn write_spill(&mut self) -> Result<()> {
+        if let Some(run) = self.spill.take() {
+            run.file.write_all_at(&run.bytes, offset_of(run.first))?;
+            if self.spilled.last() != Some(&run.segment) {
+                self.spilled.push(run.segment);
+            }
+        }
+        Ok(())
+    }
+
     /// Reserves `pages` contiguous pages in one segment of the leaf tail. An extent longer than
     /// a segment gets a segment of its own that is longer than `segment_bytes`.
     fn alloc(&mut self, pages: u32) -> Result<u64> {
@@ -838,7 +905,11 @@ impl NodeWriter for SegWriter<'_> {
     fn write_leaf(&mut self, entries: &[(Vec<u8>, Val)]) -> Result<u64> {
         let id = self.alloc(1)?;
         let page = encode_leaf(entries, id, self.generation);
-        self.new_pages.push((id, page));
+        if self.spilling() {
+            self.spill_leaf(id, &page)?;
+        } else {
+            self.new_pages.push((id, page));
+        }
         Ok(id)
     }
 
