@@ -1,6 +1,7 @@
 #!/bin/bash
 # Sweeps of tuning/small.toml knobs with `ringkv-bench compare --only ringkv`, each value in
-# turn, then again in the reverse order (pass 2) so drift on a shared machine shows.
+# turn, then again in the reverse order (pass 2) so drift on a shared machine shows
+# (PASSES=1 skips pass 2).
 # Usage (from the repo root, after `cargo build --release --workspace`):
 #   perf-reports/2026-11-21-knob-sweeps-2/sweep.sh NAME ROUNDS "SET..." -- WORKLOAD ARGS...
 # A SET is `label:key=value[,key=value]` applied to tuning/small.toml (a key is the bare name
@@ -41,7 +42,7 @@ reverse=(); for ((i=${#forward[@]}-1; i>=0; i--)); do reverse+=("${forward[i]}")
 {
   echo "# $name: compare ${workload[*]} --only ringkv --rounds $rounds; commit $(git rev-parse --short HEAD)"
   run_pass 1 "${forward[@]}"
-  run_pass 2 "${reverse[@]}"
+  [ "${PASSES:-2}" = 1 ] || run_pass 2 "${reverse[@]}"
   echo "=== end $(date -u +%T) load $(cut -d' ' -f1-3 /proc/loadavg)"
 } | tee "$here/$name.txt"
 rm -rf "$dir"
