@@ -379,6 +379,10 @@ pub struct PageStoreConfig {
     /// (and four segments): the files settle near `(1 + this / 100) x live`. Lower keeps the
     /// files (and the quota's `dbSize`) smaller and moves more live pages per byte freed.
     pub clean_garbage_percent: u32,
+    /// Core the background checkpointer thread (which also runs the background cleaner's
+    /// steps) is pinned to; `None` leaves it to the scheduler. Writes made by a publish happen
+    /// on the publishing thread and are not placed by this.
+    pub checkpoint_cpu: Option<usize>,
 }
 
 impl Default for PageStoreConfig {
@@ -391,6 +395,7 @@ impl Default for PageStoreConfig {
             dirty_bytes_max: 64 << 20,
             background_clean_segments: 8,
             clean_garbage_percent: 25,
+            checkpoint_cpu: None,
         }
     }
 }

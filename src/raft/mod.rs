@@ -166,7 +166,7 @@ use parking_lot::{Condvar, Mutex};
 use raft::eraftpb::{ConfChange, Message};
 
 pub use conf::{LearnerProgress, Membership};
-pub use config::{RaftConfig, VOTERS_MAX};
+pub use config::{RaftConfig, WalExecutor, VOTERS_MAX};
 pub use error::RaftError;
 pub use snapshot::{SnapshotImage, SnapshotStreamError};
 pub use storage::LogStore;
@@ -485,6 +485,10 @@ impl RaftHandle {
         if let Some(thread) = thread {
             // A panic on the raft thread has already failed every request (FinishGuard).
             let _ = thread.join();
+            // The loop stopped the WAL writer on its way out; a writer on a thread of its own
+            // (`WalExecutor::Own`) is joined here. With the writer on the raft executor there
+            // is no thread to join and this only finds the writer gone.
+            let _ = self.inner.wal.clone().close();
         }
         let mut finished = shared.finished.lock();
         while !finished.done {
@@ -609,6 +613,16 @@ fn start_inner<D: Disk + Send>(
         Some(cpu) => glommio::Placement::Fixed(cpu),
         None => glommio::Placement::Unbound,
     };
+    // A writer of its own is started (and the log recovered) here, before the loop's thread:
+    // `Wal::open` blocks until recovery is done, which must not happen on an executor.
+    let (wal_start, own_wal) = match cfg.wal_executor {
+        WalExecutor::Raft => (node::WalStart::Recover(disk), None),
+        WalExecutor::Own => {
+            let (wal, recovered) = Wal::open_with_disk(disk, &cfg.wal_dir, cfg.wal.clone())?;
+            let own = wal.clone();
+            (node::WalStart::Opened(wal, recovered), Some(own))
+        }
+    };
     let proposal_bytes_max = cfg.proposal_bytes_max;
     let (opened_tx, opened_rx) = std::sync::mpsc::channel();
     let thread_shared = shared.clone();
@@ -618,7 +632,7 @@ fn start_inner<D: Disk + Send>(
         .spawn(move || async move {
             let _finish = FinishGuard(thread_shared.clone());
             node::run(
-                disk,
+                wal_start,
                 cfg,
                 sm,
                 transport,
@@ -628,23 +642,31 @@ fn start_inner<D: Disk + Send>(
             )
             .await;
         })
-        .map_err(|e| RaftError::Io(e.into()))?;
-    match opened_rx.recv() {
-        Ok(Ok(wal)) => Ok(RaftHandle {
-            inner: Arc::new(HandleInner {
-                shared,
-                wal,
-                thread: Mutex::new(Some(thread)),
-                proposal_bytes_max,
-            }),
-        }),
-        Ok(Err(e)) => {
-            let _ = thread.join();
-            Err(e)
+        .map_err(|e| {
+            // The closure, and the writer's handle in it, is gone: stop the writer's thread.
+            if let Some(own) = &own_wal {
+                let _ = own.clone().close();
+            }
+            RaftError::Io(e.into())
+        })?;
+    let result = match opened_rx.recv() {
+        Ok(Ok(wal)) => {
+            return Ok(RaftHandle {
+                inner: Arc::new(HandleInner {
+                    shared,
+                    wal,
+                    thread: Mutex::new(Some(thread)),
+                    proposal_bytes_max,
+                }),
+            })
         }
-        Err(_) => {
-            let _ = thread.join();
-            Err(RaftError::Stopped)
-        }
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(RaftError::Stopped),
+    };
+    let _ = thread.join();
+    if let Some(own) = own_wal {
+        // The loop has shut the writer down; this joins its thread.
+        let _ = own.close();
     }
+    result
 }
