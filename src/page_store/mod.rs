@@ -182,7 +182,8 @@
 //! - C6. Delete segments no durable root and no pinned snapshot can reach any more (see
 //!   Reclamation), then sync the directory.
 //!
-//! The background checkpointer (`spawn_checkpointer`) runs every `checkpoint_interval`, or
+//! The background checkpointer (`spawn_checkpointer`, a thread pinned per
+//! `PageStoreConfig::checkpoint_cpu`) runs every `checkpoint_interval`, or
 //! sooner once the unwritten pages reach half of `dirty_bytes_max`, and after each checkpoint
 //! creates a spare segment (written, synced, named in the synced directory, but in no root and
 //! not yet in the segment table) that P1 takes instead of creating one; a publish that finds them

@@ -5,11 +5,19 @@
 //! # Threads
 //!
 //! [`start`] spawns one glommio executor thread (pinned per `RaftConfig::raft_cpu`) that runs
-//! three things cooperatively: the raft loop (`node.rs`), the state machine's `apply`, and the
-//! WAL writer task, recovered with `Wal::recover` and spawned on the same executor. Sharing the
-//! executor is deliberate: the loop awaits each `Ready`'s WAL batch before applying it, so the
-//! writer and the loop never have work at the same time, and a same-thread hand-off saves a
-//! cross-thread wake-up per batch. The fdatasync itself is asynchronous (io_uring).
+//! the raft loop (`node.rs`) and the state machine's `apply` cooperatively. The WAL writer task
+//! goes where `RaftConfig::wal_executor` says:
+//! - [`WalExecutor::Raft`] (default): recovered with `Wal::recover` and spawned on the same
+//!   executor. The loop awaits each `Ready`'s WAL batch before applying it, so the writer and
+//!   the loop rarely have work at the same time, and a same-thread hand-off saves a cross-thread
+//!   wake-up per batch.
+//! - [`WalExecutor::Own`]: `start` opens the WAL with `Wal::open_with_disk` (recovery on the
+//!   writer's own `wal-writer` executor thread, pinned per `wal.writer_cpu`) before the raft
+//!   thread starts, and the loop submits to it across threads. Recovery, the order of records
+//!   and the durability the loop waits for are the same; [`RaftHandle::shutdown`] joins that
+//!   thread after the loop has stopped the writer.
+//!
+//! The fdatasync itself is asynchronous (io_uring) either way.
 //!
 //! Callers on any thread (tokio, tonic) use a [`RaftHandle`]: requests go through a bounded
 //! queue (`queue.rs`) to the loop and answers come back on oneshot channels.
