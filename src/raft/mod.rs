@@ -298,6 +298,8 @@ impl Drop for FinishGuard {
 struct HandleInner {
     shared: Arc<Shared>,
     wal: Wal,
+    /// The WAL writer runs on a thread of its own (`WalExecutor::Own`), joined at shutdown.
+    wal_own_thread: bool,
     thread: Mutex<Option<glommio::ExecutorJoinHandle<()>>>,
     proposal_bytes_max: usize,
 }
@@ -493,10 +495,11 @@ impl RaftHandle {
         if let Some(thread) = thread {
             // A panic on the raft thread has already failed every request (FinishGuard).
             let _ = thread.join();
-            // The loop stopped the WAL writer on its way out; a writer on a thread of its own
-            // (`WalExecutor::Own`) is joined here. With the writer on the raft executor there
-            // is no thread to join and this only finds the writer gone.
-            let _ = self.inner.wal.clone().close();
+            // The loop stopped the WAL writer on its way out (unless it panicked: then this
+            // stops it, after what was submitted). A writer on the raft executor went with it.
+            if self.inner.wal_own_thread {
+                let _ = self.inner.wal.clone().close();
+            }
         }
         let mut finished = shared.finished.lock();
         while !finished.done {
@@ -663,6 +666,7 @@ fn start_inner<D: Disk + Send>(
                 inner: Arc::new(HandleInner {
                     shared,
                     wal,
+                    wal_own_thread: own_wal.is_some(),
                     thread: Mutex::new(Some(thread)),
                     proposal_bytes_max,
                 }),
