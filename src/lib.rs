@@ -2,9 +2,10 @@
 //! (disk), `mvcc` (etcd's revisioned key space on the page store), `lease` (leases and their
 //! keys, in the same store), `apply` (etcd's requests
 //! executed on MVCC: the state machine), `api` (the gRPC services), `server` (wiring). A lower
-//! layer never imports an upper one; `metrics` (process-wide instruments) imports none and is
-//! used by all.
+//! layer never imports an upper one; `metrics` (process-wide instruments) and `affinity`
+//! (thread pinning) import none and are used by all.
 
+pub mod affinity;
 pub mod api;
 pub mod apply;
 pub mod auth;

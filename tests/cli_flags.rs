@@ -246,3 +246,27 @@ fn debug_log_shows_config_and_https_is_refused() {
         "{err}"
     );
 }
+
+/// `queues.apply_queue_depth` was removed from the profile schema; a user's profile that still
+/// has it must stop the binary with the key named, not start with the line ignored.
+#[test]
+fn profile_with_removed_apply_queue_depth_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let small = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tuning/small.toml"),
+    )
+    .unwrap();
+    let old = dir.path().join("old.toml");
+    std::fs::write(&old, format!("{small}apply_queue_depth = 1024\n")).unwrap();
+    let output = ringkv(
+        &["--tuning-profile", old.to_str().unwrap(), "--print-config"],
+        &[],
+    );
+    let err = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{err}");
+    assert!(err.contains("unknown field `apply_queue_depth`"), "{err}");
+    assert!(
+        err.contains("queues.apply_queue_depth was removed"),
+        "{err}"
+    );
+}

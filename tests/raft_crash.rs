@@ -1,8 +1,9 @@
 //! Simulated power loss under the raft engine: a member on a `SimDisk` takes proposals from
 //! several threads until the disk "loses power" at a random operation; the member halts, every
 //! pending request fails, and a member restarted on what survived (synced data; unsynced writes
-//! lost, whole or torn) applies every acknowledged proposal at its acknowledged index. Seeded;
-//! the seed is printed so a failure replays (`RAFT_CRASH_SEED`).
+//! lost, whole or torn) applies every acknowledged proposal at its acknowledged index. Run with
+//! the WAL writer on the raft executor and on a thread of its own (`WalExecutor`). Seeded; the
+//! seed is printed so a failure replays (`RAFT_CRASH_SEED`).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -10,7 +11,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 use rand::{Rng, SeedableRng};
-use ringkv::raft::{self, Committed, RaftConfig, RaftError, StateMachine};
+use ringkv::raft::{self, Committed, RaftConfig, RaftError, StateMachine, WalExecutor};
 use ringkv::wal::sim::SimDisk;
 
 const SEEDS: u64 = 30;
@@ -37,8 +38,9 @@ impl StateMachine for MemSm {
     }
 }
 
-fn config() -> RaftConfig {
+fn config(wal_executor: WalExecutor) -> RaftConfig {
     let mut cfg = RaftConfig::small(Path::new("/sim/member/wal"), 1, 0xc1);
+    cfg.wal_executor = wal_executor;
     // The state machine keeps nothing durable, so the log must never be compacted.
     cfg.snapshot_entries = u64::MAX / 2;
     cfg
@@ -46,12 +48,24 @@ fn config() -> RaftConfig {
 
 #[test]
 fn acknowledged_proposals_survive_simulated_power_loss() {
+    survive_power_loss(WalExecutor::Raft, SEEDS);
+}
+
+/// The writer on its own executor thread: submissions and completions cross threads, a crash
+/// fails the writer on that thread, and shutdown must join it.
+#[test]
+fn acknowledged_proposals_survive_simulated_power_loss_with_wal_on_own_thread() {
+    survive_power_loss(WalExecutor::Own, SEEDS / 2);
+}
+
+fn survive_power_loss(wal_executor: WalExecutor, seeds: u64) {
+    println!("wal executor: {wal_executor:?}");
     let first_seed: u64 = std::env::var("RAFT_CRASH_SEED")
         .map_or_else(|_| rand::random::<u32>().into(), |s| s.parse().unwrap());
     let seeds = if std::env::var("RAFT_CRASH_SEED").is_ok() {
         1
     } else {
-        SEEDS
+        seeds
     };
     println!("seeds {first_seed}..{}", first_seed + seeds);
     let mut halted_requests = 0;
@@ -64,7 +78,7 @@ fn acknowledged_proposals_survive_simulated_power_loss() {
         for crash in 0..=CRASHES_PER_SEED {
             let seen = Arc::new(Mutex::new(Vec::new()));
             let sm = MemSm { seen: seen.clone() };
-            let handle = raft::start_with_disk(disk.clone(), config(), Box::new(sm))
+            let handle = raft::start_with_disk(disk.clone(), config(wal_executor), Box::new(sm))
                 .unwrap_or_else(|e| panic!("seed {seed} crash {crash}: restart failed: {e}"));
             // Replay: the whole committed log came back, every acknowledged proposal included.
             let applied: BTreeMap<u64, Vec<u8>> = seen

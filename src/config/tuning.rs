@@ -43,6 +43,16 @@ impl<'de> Deserialize<'de> for CorePlacement {
     }
 }
 
+impl CorePlacement {
+    /// The core index, or `None` when not pinned.
+    pub fn core(self) -> Option<usize> {
+        match self {
+            CorePlacement::Core(core) => Some(core),
+            CorePlacement::Shared => None,
+        }
+    }
+}
+
 impl fmt::Display for CorePlacement {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -98,9 +108,15 @@ impl PageStoreTuning {
 pub struct Queues {
     /// Client proposals waiting for the raft loop.
     pub proposal_queue_depth: usize,
-    /// Committed entries waiting to be applied to MVCC.
-    pub apply_queue_depth: usize,
 }
+
+/// Keys profiles once had, with why they are gone; a profile that still has one is refused
+/// with this explanation rather than only "unknown field".
+const REMOVED_KEYS: &[(&str, &str)] = &[(
+    "apply_queue_depth",
+    "queues.apply_queue_depth was removed: committed entries are applied inline by the raft \
+     loop, through no queue; delete the line",
+)];
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -185,9 +201,17 @@ impl TuningProfile {
 
     /// Parses and checks a profile; `label` names it in errors.
     pub fn parse(text: &str, label: &str) -> Result<TuningProfile, TuningError> {
-        let profile: TuningProfile = toml::from_str(text).map_err(|error| TuningError::Parse {
-            profile: label.to_owned(),
-            message: error.message().to_owned(),
+        let profile: TuningProfile = toml::from_str(text).map_err(|error| {
+            let mut message = error.message().to_owned();
+            for (key, why) in REMOVED_KEYS {
+                if message.contains(&format!("unknown field `{key}`")) {
+                    message = format!("{message} ({why})");
+                }
+            }
+            TuningError::Parse {
+                profile: label.to_owned(),
+                message,
+            }
         })?;
         let limits = [
             ("wal.batch_bytes_max", profile.wal.batch_bytes_max),
@@ -216,10 +240,6 @@ impl TuningProfile {
             (
                 "queues.proposal_queue_depth",
                 profile.queues.proposal_queue_depth as u64,
-            ),
-            (
-                "queues.apply_queue_depth",
-                profile.queues.apply_queue_depth as u64,
             ),
         ];
         if let Some((field, _)) = limits.iter().find(|(_, value)| *value == 0) {
@@ -314,11 +334,11 @@ mod tests {
     #[test]
     fn rejects_zero_limits_unknown_keys_and_bad_placement() {
         let small = BUILT_IN[0].1;
-        let zero = small.replace("apply_queue_depth = 1024", "apply_queue_depth = 0");
+        let zero = small.replace("proposal_queue_depth = 1024", "proposal_queue_depth = 0");
         let err = TuningProfile::parse(&zero, "t").unwrap_err();
         assert_eq!(
             err.to_string(),
-            "tuning profile t: queues.apply_queue_depth must be greater than 0"
+            "tuning profile t: queues.proposal_queue_depth must be greater than 0"
         );
 
         let typo = small.replace("batch_delay_us", "batch_delay_ms");
@@ -357,6 +377,65 @@ mod tests {
         assert_eq!(
             TuningProfile::parse(&never, "t").unwrap_err().to_string(),
             "tuning profile t: page_store.checkpoint_interval_ms must be greater than 0"
+        );
+    }
+
+    /// `queues.apply_queue_depth` named a channel between raft and apply that never existed
+    /// (apply runs inline in the raft loop) and was read by nothing; a profile written before
+    /// it was removed must be refused with the key named, not silently accepted.
+    #[test]
+    fn removed_apply_queue_depth_is_refused_by_name() {
+        for (name, text) in BUILT_IN {
+            assert!(!text.contains("apply_queue_depth"), "{name} still has it");
+        }
+        let old = format!("{}apply_queue_depth = 1024\n", BUILT_IN[0].1);
+        let err = TuningProfile::parse(&old, "old.toml").unwrap_err();
+        assert!(matches!(err, TuningError::Parse { .. }), "{err}");
+        let message = err.to_string();
+        assert!(
+            message.starts_with(
+                "tuning profile old.toml is malformed: unknown field `apply_queue_depth`"
+            ),
+            "{message}"
+        );
+        assert!(
+            message.ends_with(
+                "(queues.apply_queue_depth was removed: committed entries are applied inline \
+                 by the raft loop, through no queue; delete the line)"
+            ),
+            "{message}"
+        );
+        // Another unknown key gets no such explanation.
+        let typo = format!("{}proposal_queue_deep = 1\n", BUILT_IN[0].1);
+        let message = TuningProfile::parse(&typo, "t").unwrap_err().to_string();
+        assert!(
+            message.contains("unknown field `proposal_queue_deep`"),
+            "{message}"
+        );
+        assert!(!message.contains("removed"), "{message}");
+    }
+
+    #[test]
+    fn small_split_profile_differs_from_small_only_in_placement() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tuning");
+        let path = dir.join("small-split.toml");
+        let (split, _) = TuningProfile::load(Some(path.to_str().unwrap()), 2).unwrap();
+        let (small, _) = TuningProfile::load(Some("small"), 2).unwrap();
+        assert_eq!(
+            split.placement,
+            Placement {
+                raft: CorePlacement::Core(0),
+                wal: CorePlacement::Core(1),
+                page_store: CorePlacement::Core(1),
+                grpc: CorePlacement::Core(1),
+            }
+        );
+        assert_eq!(
+            TuningProfile {
+                placement: small.placement,
+                ..split
+            },
+            small
         );
     }
 

@@ -289,7 +289,8 @@ impl PageStore {
         dead > allowed.max(slack)
     }
 
-    /// Starts the checkpointer on its own thread. Without one, the store still checkpoints
+    /// Starts the checkpointer on its own thread (`page-store-checkpoint`, pinned per
+    /// `PageStoreConfig::checkpoint_cpu`). Without one, the store still checkpoints
     /// on `commit`, `checkpoint`, the cleaner, and when the unwritten pages reach their bound.
     pub fn spawn_checkpointer(&self) -> BackgroundCheckpointer {
         let stop = Arc::new(Mutex::new(false));
@@ -299,6 +300,10 @@ impl PageStore {
                 .name("page-store-checkpoint".into())
                 .spawn(move || {
                     let inner = &*store.inner;
+                    crate::affinity::pin_current_thread(
+                        inner.config.checkpoint_cpu,
+                        "the page store checkpointer",
+                    );
                     let interval: Duration = inner.config.checkpoint_interval;
                     let mut segments_seen = inner.segments_created.load(Ordering::Relaxed);
                     loop {

@@ -184,7 +184,8 @@
 //! - C6. Delete segments no durable root and no pinned snapshot can reach any more (see
 //!   Reclamation), then sync the directory.
 //!
-//! The background checkpointer (`spawn_checkpointer`) runs every `checkpoint_interval`, or
+//! The background checkpointer (`spawn_checkpointer`, a thread pinned per
+//! `PageStoreConfig::checkpoint_cpu`) runs every `checkpoint_interval`, or
 //! sooner once the unwritten pages reach half of `dirty_bytes_max`, and after each checkpoint
 //! creates a spare segment (written, synced, named in the synced directory, but in no root and
 //! not yet in the segment table) that P1 takes instead of creating one; a publish that finds them
@@ -382,6 +383,10 @@ pub struct PageStoreConfig {
     /// (and four segments): the files settle near `(1 + this / 100) x live`. Lower keeps the
     /// files (and the quota's `dbSize`) smaller and moves more live pages per byte freed.
     pub clean_garbage_percent: u32,
+    /// Core the background checkpointer thread (which also runs the background cleaner's
+    /// steps) is pinned to; `None` leaves it to the scheduler. Writes made by a publish happen
+    /// on the publishing thread and are not placed by this.
+    pub checkpoint_cpu: Option<usize>,
 }
 
 impl Default for PageStoreConfig {
@@ -394,6 +399,7 @@ impl Default for PageStoreConfig {
             dirty_bytes_max: 64 << 20,
             background_clean_segments: 8,
             clean_garbage_percent: 25,
+            checkpoint_cpu: None,
         }
     }
 }

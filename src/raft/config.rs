@@ -10,11 +10,27 @@ use crate::wal::WalConfig;
 /// Most voting members a cluster may have (etcd recommends at most 7).
 pub const VOTERS_MAX: usize = 15;
 
+/// Where the WAL writer task runs. Durability does not depend on it: the loop awaits every
+/// batch's fdatasync either way; what changes is whether that hand-off crosses threads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WalExecutor {
+    /// On the raft executor, spawned next to the loop. The loop waits for each batch before it
+    /// applies, so the two rarely want the thread at once, and a batch costs no cross-thread
+    /// wake-up.
+    Raft,
+    /// On a `wal-writer` executor thread of its own (`Wal::open`), pinned per
+    /// `wal.writer_cpu`: WAL encoding and io_uring submission move off the raft core, at the
+    /// price of a cross-thread wake-up per batch each way.
+    Own,
+}
+
 /// Configuration of one raft member. [`RaftConfig::new`] is the production profile;
 /// [`RaftConfig::small`] is the test profile.
 ///
-/// The WAL writer runs on the raft executor, so `wal.writer_cpu` is ignored (`raft_cpu` places
-/// both) and `wal.writer_io_memory_bytes` sizes the raft executor's registered I/O memory.
+/// With [`WalExecutor::Raft`] (the default) the WAL writer runs on the raft executor, so
+/// `wal.writer_cpu` is ignored (`raft_cpu` places both); with [`WalExecutor::Own`] it runs on an
+/// executor thread of its own pinned per `wal.writer_cpu`. Either way
+/// `wal.writer_io_memory_bytes` sizes each executor's registered I/O memory.
 #[derive(Clone, Debug)]
 pub struct RaftConfig {
     /// Directory of the WAL (`<data-dir>/member/wal`).
@@ -32,9 +48,11 @@ pub struct RaftConfig {
     /// 1000 ms).
     pub election_timeout: Duration,
     pub wal: WalConfig,
-    /// CPU the raft executor (raft loop, state machine apply and WAL writer) is pinned to;
-    /// `None` = unpinned.
+    /// CPU the raft executor (raft loop, state machine apply and, with [`WalExecutor::Raft`],
+    /// the WAL writer) is pinned to; `None` = unpinned.
     pub raft_cpu: Option<usize>,
+    /// Which executor runs the WAL writer.
+    pub wal_executor: WalExecutor,
     /// Requests (proposals and read barriers) waiting for the raft loop. When full, `propose`
     /// and `read_index` wait for room (back-pressure); `try_propose` fails with `Overloaded`.
     pub proposal_queue_depth: usize,
@@ -72,6 +90,7 @@ impl RaftConfig {
             election_timeout: Duration::from_secs(1),
             wal: WalConfig::default(),
             raft_cpu: None,
+            wal_executor: WalExecutor::Raft,
             proposal_queue_depth: 16 * 1024,
             max_batch_entries: 4096,
             max_batch_bytes: 8 << 20,

@@ -5,11 +5,19 @@
 //! # Threads
 //!
 //! [`start`] spawns one glommio executor thread (pinned per `RaftConfig::raft_cpu`) that runs
-//! three things cooperatively: the raft loop (`node.rs`), the state machine's `apply`, and the
-//! WAL writer task, recovered with `Wal::recover` and spawned on the same executor. Sharing the
-//! executor is deliberate: the loop awaits each `Ready`'s WAL batch before applying it, so the
-//! writer and the loop never have work at the same time, and a same-thread hand-off saves a
-//! cross-thread wake-up per batch. The fdatasync itself is asynchronous (io_uring).
+//! the raft loop (`node.rs`) and the state machine's `apply` cooperatively. The WAL writer task
+//! goes where `RaftConfig::wal_executor` says:
+//! - [`WalExecutor::Raft`] (default): recovered with `Wal::recover` and spawned on the same
+//!   executor. The loop awaits each `Ready`'s WAL batch before applying it, so the writer and
+//!   the loop rarely have work at the same time, and a same-thread hand-off saves a cross-thread
+//!   wake-up per batch.
+//! - [`WalExecutor::Own`]: `start` opens the WAL with `Wal::open_with_disk` (recovery on the
+//!   writer's own `wal-writer` executor thread, pinned per `wal.writer_cpu`) before the raft
+//!   thread starts, and the loop submits to it across threads. Recovery, the order of records
+//!   and the durability the loop waits for are the same; [`RaftHandle::shutdown`] joins that
+//!   thread after the loop has stopped the writer.
+//!
+//! The fdatasync itself is asynchronous (io_uring) either way.
 //!
 //! Callers on any thread (tokio, tonic) use a [`RaftHandle`]: requests go through a bounded
 //! queue (`queue.rs`) to the loop and answers come back on oneshot channels.
@@ -166,7 +174,7 @@ use parking_lot::{Condvar, Mutex};
 use raft::eraftpb::{ConfChange, Message};
 
 pub use conf::{LearnerProgress, Membership};
-pub use config::{RaftConfig, VOTERS_MAX};
+pub use config::{RaftConfig, WalExecutor, VOTERS_MAX};
 pub use error::RaftError;
 pub use snapshot::{SnapshotImage, SnapshotStreamError};
 pub use storage::LogStore;
@@ -290,6 +298,8 @@ impl Drop for FinishGuard {
 struct HandleInner {
     shared: Arc<Shared>,
     wal: Wal,
+    /// The WAL writer runs on a thread of its own (`WalExecutor::Own`), joined at shutdown.
+    wal_own_thread: bool,
     thread: Mutex<Option<glommio::ExecutorJoinHandle<()>>>,
     proposal_bytes_max: usize,
 }
@@ -485,6 +495,11 @@ impl RaftHandle {
         if let Some(thread) = thread {
             // A panic on the raft thread has already failed every request (FinishGuard).
             let _ = thread.join();
+            // The loop stopped the WAL writer on its way out (unless it panicked: then this
+            // stops it, after what was submitted). A writer on the raft executor went with it.
+            if self.inner.wal_own_thread {
+                let _ = self.inner.wal.clone().close();
+            }
         }
         let mut finished = shared.finished.lock();
         while !finished.done {
@@ -609,6 +624,16 @@ fn start_inner<D: Disk + Send>(
         Some(cpu) => glommio::Placement::Fixed(cpu),
         None => glommio::Placement::Unbound,
     };
+    // A writer of its own is started (and the log recovered) here, before the loop's thread:
+    // `Wal::open` blocks until recovery is done, which must not happen on an executor.
+    let (wal_start, own_wal) = match cfg.wal_executor {
+        WalExecutor::Raft => (node::WalStart::Recover(disk), None),
+        WalExecutor::Own => {
+            let (wal, recovered) = Wal::open_with_disk(disk, &cfg.wal_dir, cfg.wal.clone())?;
+            let own = wal.clone();
+            (node::WalStart::Opened(wal, recovered), Some(own))
+        }
+    };
     let proposal_bytes_max = cfg.proposal_bytes_max;
     let (opened_tx, opened_rx) = std::sync::mpsc::channel();
     let thread_shared = shared.clone();
@@ -618,7 +643,7 @@ fn start_inner<D: Disk + Send>(
         .spawn(move || async move {
             let _finish = FinishGuard(thread_shared.clone());
             node::run(
-                disk,
+                wal_start,
                 cfg,
                 sm,
                 transport,
@@ -628,23 +653,32 @@ fn start_inner<D: Disk + Send>(
             )
             .await;
         })
-        .map_err(|e| RaftError::Io(e.into()))?;
-    match opened_rx.recv() {
-        Ok(Ok(wal)) => Ok(RaftHandle {
-            inner: Arc::new(HandleInner {
-                shared,
-                wal,
-                thread: Mutex::new(Some(thread)),
-                proposal_bytes_max,
-            }),
-        }),
-        Ok(Err(e)) => {
-            let _ = thread.join();
-            Err(e)
+        .map_err(|e| {
+            // The closure, and the writer's handle in it, is gone: stop the writer's thread.
+            if let Some(own) = &own_wal {
+                let _ = own.clone().close();
+            }
+            RaftError::Io(e.into())
+        })?;
+    let result = match opened_rx.recv() {
+        Ok(Ok(wal)) => {
+            return Ok(RaftHandle {
+                inner: Arc::new(HandleInner {
+                    shared,
+                    wal,
+                    wal_own_thread: own_wal.is_some(),
+                    thread: Mutex::new(Some(thread)),
+                    proposal_bytes_max,
+                }),
+            })
         }
-        Err(_) => {
-            let _ = thread.join();
-            Err(RaftError::Stopped)
-        }
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(RaftError::Stopped),
+    };
+    let _ = thread.join();
+    if let Some(own) = own_wal {
+        // The loop has shut the writer down; this joins its thread.
+        let _ = own.close();
     }
+    result
 }

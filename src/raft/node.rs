@@ -165,11 +165,20 @@ pub struct Node {
 /// At most one "cannot send a snapshot" warning per this interval.
 const SNAPSHOT_WARNING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Recovers the WAL on this executor, starts its writer here, builds the node, elects it (a
-/// single member) and handles the first `Ready` (which re-applies the committed log above the
-/// state machine's index), reports the outcome on `opened`, then runs the loop until shutdown.
+/// How `run` gets its WAL (`RaftConfig::wal_executor`).
+pub enum WalStart<D> {
+    /// Recover the log on this executor and spawn the writer task here.
+    Recover(D),
+    /// Already recovered by `Wal::open`, whose writer runs on a thread of its own.
+    Opened(Wal, wal::Recovered),
+}
+
+/// Recovers the WAL on this executor and starts its writer here (or takes one already opened),
+/// builds the node, elects it (a single member) and handles the first `Ready` (which re-applies
+/// the committed log above the state machine's index), reports the outcome on `opened`, then
+/// runs the loop until shutdown.
 pub async fn run<D: Disk>(
-    disk: D,
+    wal_start: WalStart<D>,
     cfg: RaftConfig,
     sm: Box<dyn StateMachine>,
     transport: Option<Box<dyn Transport>>,
@@ -177,14 +186,19 @@ pub async fn run<D: Disk>(
     shared: Arc<Shared>,
     opened: std::sync::mpsc::Sender<Result<Wal, RaftError>>,
 ) {
-    let (wal, recovered, writer) = match Wal::recover(disk, &cfg.wal_dir, cfg.wal.clone()).await {
-        Ok(x) => x,
-        Err(e) => {
-            let _ = opened.send(Err(e.into()));
-            return;
-        }
+    let (wal, recovered) = match wal_start {
+        WalStart::Recover(disk) => match Wal::recover(disk, &cfg.wal_dir, cfg.wal.clone()).await {
+            Ok((wal, recovered, writer)) => {
+                glommio::spawn_local(writer.run()).detach();
+                (wal, recovered)
+            }
+            Err(e) => {
+                let _ = opened.send(Err(e.into()));
+                return;
+            }
+        },
+        WalStart::Opened(wal, recovered) => (wal, recovered),
     };
-    glommio::spawn_local(writer.run()).detach();
     let parts = (sm, transport, membership);
     let mut node = match Node::new(cfg, parts, shared, wal.clone(), &recovered).await {
         Ok(node) => node,

@@ -236,10 +236,12 @@ fn raft_config(config: &Config, wal_dir: &Path, ids: ids::Ids) -> RaftConfig {
     let mut cfg = RaftConfig::new(wal_dir, ids.member_id, ids.cluster_id);
     cfg.heartbeat = config.heartbeat_interval;
     cfg.election_timeout = config.election_timeout;
-    cfg.raft_cpu = match tuning.placement.raft {
-        CorePlacement::Core(core) => Some(core),
-        CorePlacement::Shared => None,
-    };
+    cfg.raft_cpu = tuning.placement.raft.core();
+    // The same place as raft (a core, or both unpinned) keeps the writer on the raft executor.
+    if tuning.placement.wal != tuning.placement.raft {
+        cfg.wal_executor = raft::WalExecutor::Own;
+        cfg.wal.writer_cpu = tuning.placement.wal.core();
+    }
     cfg.proposal_queue_depth = tuning.queues.proposal_queue_depth;
     cfg.max_batch_entries = tuning.wal.batch_records_max as usize;
     cfg.wal.batch_bytes_max = tuning.wal.batch_bytes_max as usize;
@@ -264,6 +266,7 @@ fn page_store_config(config: &Config) -> PageStoreConfig {
         background_clean_segments: size(tuning.background_clean_segments),
         clean_garbage_percent: tuning.clean_garbage_percent,
         clean_live_percent_max: tuning.clean_live_percent_max,
+        checkpoint_cpu: config.tuning.placement.page_store.core(),
         ..PageStoreConfig::default()
     }
 }
@@ -496,23 +499,8 @@ async fn wait_for_signal() -> &'static str {
     }
 }
 
-/// Pins the calling thread to `core`; `Shared` leaves it to the scheduler. Failure to pin (a
-/// restricted cpuset) is reported and otherwise ignored: placement is tuning, not correctness.
+/// Pins the calling thread to `core`; `Shared` leaves it to the scheduler. Failure to pin is
+/// reported and otherwise ignored (`affinity::pin_current_thread`).
 pub fn pin_current_thread(core: CorePlacement) {
-    let CorePlacement::Core(core) = core else {
-        return;
-    };
-    // SAFETY: `set` is a plain bitmask owned by this frame; sched_setaffinity(0, ..) only reads
-    // it and changes the calling thread's affinity.
-    let result = unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(core, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &raw const set)
-    };
-    if result != 0 {
-        eprintln!(
-            "ringkv: warning: cannot pin thread to core {core}: {}",
-            std::io::Error::last_os_error()
-        );
-    }
+    crate::affinity::pin_current_thread(core.core(), "thread");
 }
