@@ -8,22 +8,16 @@ mod server_support;
 
 use std::time::{Duration, Instant};
 
-use ringkv_proto::etcdserverpb::kv_client::KvClient;
-use ringkv_proto::etcdserverpb::{PutRequest, RangeRequest};
+use server_support::acked::{assert_all_readable, writer, Ack};
 use server_support::Server;
-use tonic::transport::Channel;
 
 const CYCLES_MIN: usize = 20;
 const TIME_BUDGET: Duration = Duration::from_secs(60);
 const CLIENTS: usize = 4;
 /// Keys per client: small, so keys are overwritten and old revisions must stay readable.
 const KEYS_PER_CLIENT: u64 = 16;
-
-struct Ack {
-    key: String,
-    value: String,
-    revision: i64,
-}
+/// Most puts one writer makes in a cycle (far more than a cycle's 50-450 ms allow).
+const PUTS_PER_CYCLE_MAX: u64 = 100_000;
 
 /// xorshift64*: enough randomness for kill timing, and replayable from the printed seed.
 struct Rng(u64);
@@ -35,37 +29,6 @@ impl Rng {
         self.0 ^= self.0 >> 27;
         self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
-}
-
-async fn connect(endpoint: String) -> Option<KvClient<Channel>> {
-    let channel = Channel::from_shared(endpoint).ok()?.connect().await.ok()?;
-    Some(KvClient::new(channel))
-}
-
-/// Puts until the first error (the server died); returns what was acknowledged.
-async fn writer(endpoint: String, client: usize, cycle: usize) -> Vec<Ack> {
-    let mut acks = Vec::new();
-    let Some(mut kv) = connect(endpoint).await else {
-        return acks;
-    };
-    for seq in 0u64.. {
-        let key = format!("c{client}-k{}", seq % KEYS_PER_CLIENT);
-        let value = format!("cycle{cycle}-seq{seq}");
-        let req = PutRequest {
-            key: key.clone().into_bytes(),
-            value: value.clone().into_bytes(),
-            ..PutRequest::default()
-        };
-        match kv.put(req).await {
-            Ok(resp) => acks.push(Ack {
-                key,
-                value,
-                revision: resp.into_inner().header.unwrap().revision,
-            }),
-            Err(_) => break,
-        }
-    }
-    acks
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -94,7 +57,15 @@ async fn acknowledged_writes_survive_sigkill() {
             "only {cycle} cycles in {TIME_BUDGET:?}"
         );
         let writers: Vec<_> = (0..CLIENTS)
-            .map(|client| tokio::spawn(writer(endpoint.clone(), client, cycle)))
+            .map(|client| {
+                tokio::spawn(writer(
+                    endpoint.clone(),
+                    client,
+                    cycle,
+                    KEYS_PER_CLIENT,
+                    PUTS_PER_CYCLE_MAX,
+                ))
+            })
             .collect();
         let delay = Duration::from_millis(50 + rng.next() % 400);
         tokio::time::sleep(delay).await;
@@ -112,34 +83,7 @@ async fn acknowledged_writes_survive_sigkill() {
         server.log()
     );
 
-    let mut kv = connect(endpoint)
-        .await
-        .expect("connect after the last restart");
-    for ack in &acks {
-        let req = RangeRequest {
-            key: ack.key.clone().into_bytes(),
-            revision: ack.revision,
-            ..RangeRequest::default()
-        };
-        let resp = kv
-            .range(req)
-            .await
-            .unwrap_or_else(|e| panic!("read {} at {}: {e}", ack.key, ack.revision))
-            .into_inner();
-        let kv = resp.kvs.first().unwrap_or_else(|| {
-            panic!(
-                "acknowledged {}={} at revision {} is lost (seed {seed})",
-                ack.key, ack.value, ack.revision
-            )
-        });
-        assert_eq!(
-            (String::from_utf8_lossy(&kv.value), kv.mod_revision),
-            (ack.value.as_str().into(), ack.revision),
-            "{} at revision {} (seed {seed})",
-            ack.key,
-            ack.revision
-        );
-    }
+    assert_all_readable(endpoint, &acks, &format!("seed {seed}")).await;
     // Revisions are unique across restarts: no acknowledged revision was handed out twice.
     let mut revisions: Vec<i64> = acks.iter().map(|a| a.revision).collect();
     revisions.sort_unstable();

@@ -10,10 +10,8 @@ mod server_support;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use ringkv_proto::etcdserverpb::kv_client::KvClient;
-use ringkv_proto::etcdserverpb::{PutRequest, RangeRequest};
+use server_support::acked::{assert_all_readable, writer};
 use server_support::{ok, Server};
-use tonic::transport::Channel;
 
 const KILL_CYCLES: usize = 4;
 const CLIENTS: usize = 3;
@@ -89,43 +87,6 @@ fn same_core_keeps_the_writer_on_the_raft_executor() {
     );
 }
 
-struct Ack {
-    key: String,
-    value: String,
-    revision: i64,
-}
-
-async fn connect(endpoint: String) -> Option<KvClient<Channel>> {
-    let channel = Channel::from_shared(endpoint).ok()?.connect().await.ok()?;
-    Some(KvClient::new(channel))
-}
-
-/// Puts until the first error (the server died) or the bound; returns what was acknowledged.
-async fn writer(endpoint: String, client: usize, cycle: usize) -> Vec<Ack> {
-    let mut acks = Vec::new();
-    let Some(mut kv) = connect(endpoint).await else {
-        return acks;
-    };
-    for seq in 0..PUTS_PER_CYCLE_MAX {
-        let key = format!("c{client}-k{}", seq % 16);
-        let value = format!("cycle{cycle}-seq{seq}");
-        let req = PutRequest {
-            key: key.clone().into_bytes(),
-            value: value.clone().into_bytes(),
-            ..PutRequest::default()
-        };
-        match kv.put(req).await {
-            Ok(resp) => acks.push(Ack {
-                key,
-                value,
-                revision: resp.into_inner().header.unwrap().revision,
-            }),
-            Err(_) => break,
-        }
-    }
-    acks
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wal_on_its_own_core_serves_puts_and_survives_sigkill() {
     let dir = tempfile::tempdir().unwrap();
@@ -158,7 +119,15 @@ async fn wal_on_its_own_core_serves_puts_and_survives_sigkill() {
     let mut acks = Vec::new();
     for cycle in 0..KILL_CYCLES {
         let writers: Vec<_> = (0..CLIENTS)
-            .map(|client| tokio::spawn(writer(endpoint.clone(), client, cycle)))
+            .map(|client| {
+                tokio::spawn(writer(
+                    endpoint.clone(),
+                    client,
+                    cycle,
+                    16,
+                    PUTS_PER_CYCLE_MAX,
+                ))
+            })
             .collect();
         tokio::time::sleep(Duration::from_millis(150 + 100 * cycle as u64)).await;
         server.kill();
@@ -177,30 +146,7 @@ async fn wal_on_its_own_core_serves_puts_and_survives_sigkill() {
         acks.len()
     );
     assert_split_placement(&server);
-    let mut kv = connect(endpoint.clone())
-        .await
-        .expect("connect after restart");
-    for ack in &acks {
-        let req = RangeRequest {
-            key: ack.key.clone().into_bytes(),
-            revision: ack.revision,
-            ..RangeRequest::default()
-        };
-        let resp = kv.range(req).await.unwrap().into_inner();
-        let kv = resp.kvs.first().unwrap_or_else(|| {
-            panic!(
-                "acknowledged {}={} at revision {} is lost",
-                ack.key, ack.value, ack.revision
-            )
-        });
-        assert_eq!(
-            (String::from_utf8_lossy(&kv.value), kv.mod_revision),
-            (ack.value.as_str().into(), ack.revision),
-            "{} at revision {}",
-            ack.key,
-            ack.revision
-        );
-    }
+    assert_all_readable(endpoint.clone(), &acks, "split placement").await;
 
     // A clean stop with the writer on its own thread: the exit is clean and a restart finds
     // everything.
