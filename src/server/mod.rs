@@ -194,7 +194,9 @@ pub fn run(config: &Config) -> Result<(), ServerError> {
     }
     let runtime = runtime
         .thread_name("ringkv-grpc")
-        .on_thread_start(move || pin_current_thread(grpc_core))
+        .on_thread_start(move || {
+            crate::affinity::pin_current_thread(grpc_core.core(), "a gRPC worker");
+        })
         .enable_all()
         .build()
         .map_err(ServerError::Runtime)?;
@@ -497,10 +499,4 @@ async fn wait_for_signal() -> &'static str {
         _ = term.recv() => "SIGTERM",
         _ = int.recv() => "SIGINT",
     }
-}
-
-/// Pins the calling thread to `core`; `Shared` leaves it to the scheduler. Failure to pin is
-/// reported and otherwise ignored (`affinity::pin_current_thread`).
-pub fn pin_current_thread(core: CorePlacement) {
-    crate::affinity::pin_current_thread(core.core(), "thread");
 }
